@@ -1,0 +1,537 @@
+"""Load a dataset described by a ``configs/data/*.yaml`` config into :class:`InteractionData`.
+
+Pipeline: locate (and, if configured, download) files -> read -> implicit threshold ->
+drop duplicate (user, item) pairs -> k-core -> remap ids to 0..n-1 -> split.
+
+Ids are remapped in sorted raw-id order over all splits together, so a dataset whose raw ids
+are already 0..n-1 (the LightGCN splits) keeps them, and published numbers stay comparable.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from fedshare.interactions import InteractionData, Split
+from fedshare.readers import READERS, DatasetError, RawColumns, read_file
+
+__all__ = [
+    "DatasetError",
+    "ROOT_ENV",
+    "DEFAULT_ROOT",
+    "SYNTHETIC_DEFAULTS",
+    "dataset_dir",
+    "locate_files",
+    "load_dataset",
+    "generate_synthetic",
+    "split_by_ratio",
+    "kcore_mask",
+]
+
+ROOT_ENV = "FEDSHARE_DATA"
+DEFAULT_ROOT = "~/.cache/fedshare/datasets"
+
+FORMATS = (*sorted(READERS), "synthetic")
+SPLIT_MODES = ("ratio", "given")
+GIVEN_ROLES = ("train", "valid", "test")
+ARCHIVES = ("zip",)
+
+# Defaults of every key, so a plain dict in a test or notebook only names what differs.
+_DEFAULTS: dict[str, Any] = {
+    "name": None,
+    "format": None,
+    "root": None,
+    "files": None,
+    "sep": None,
+    "columns": None,
+    "implicit_threshold": None,
+    "kcore": 0,
+    "split": {"mode": "ratio", "ratios": [0.8, 0.1, 0.1], "valid_ratio": 0.0},
+    "download": {"url": None, "archive": None, "sha256": None, "source": None},
+    "synthetic": None,
+}
+
+SYNTHETIC_DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "n_users": 1000,
+    "n_items": 2000,
+    "n_interactions": 100_000,
+    "n_communities": 10,
+    "affinity": 3.5,
+    "popularity_exponent": 1.0,
+    "min_user_interactions": 10,
+    "activity_sigma": 0.7,
+    "time_start": 1_577_836_800,  # 2020-01-01 UTC
+    "time_span_days": 365,
+}
+
+# Stream tags: each purpose gets its own generator, so adding a draw in one never shifts another.
+_SPLIT_STREAM = 0x5911
+_SYNTHETIC_STREAM = 0x5947
+
+_TRAIN, _VALID, _TEST = 0, 1, 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+
+
+def _config(data_cfg: Any) -> dict[str, Any]:
+    """A plain, validated dict with every key present (defaults filled in)."""
+    # DictConfig is a Mapping too, but its nested nodes must become plain containers as well.
+    raw = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else data_cfg
+    if not isinstance(raw, Mapping):
+        raise DatasetError(
+            f"data config must be a mapping or an OmegaConf DictConfig, got {type(data_cfg).__name__}"
+        )
+    raw = copy.deepcopy(dict(raw))
+    unknown = sorted(set(raw) - set(_DEFAULTS))
+    if unknown:
+        raise DatasetError(f"unknown data config keys {unknown}; accepted: {sorted(_DEFAULTS)}")
+    cfg = {key: copy.deepcopy(default) for key, default in _DEFAULTS.items()}
+    for key, value in raw.items():
+        if key in ("split", "download") and value is not None:
+            if not isinstance(value, Mapping):
+                raise DatasetError(f"data.{key} must be a mapping, got {value!r}")
+            sub_unknown = sorted(set(value) - set(_DEFAULTS[key]))
+            if sub_unknown:
+                raise DatasetError(
+                    f"unknown keys {sub_unknown} in data.{key}; accepted: {sorted(_DEFAULTS[key])}"
+                )
+            cfg[key].update(value)
+        elif value is not None or key not in ("split", "download"):
+            cfg[key] = value
+    if not cfg["name"] or not isinstance(cfg["name"], str):
+        raise DatasetError(
+            f"data.name must be a non-empty string (the dataset folder name), got {cfg['name']!r}"
+        )
+    if cfg["format"] not in FORMATS:
+        raise DatasetError(f"data.format is {cfg['format']!r}; accepted: {list(FORMATS)}")
+    if cfg["columns"] is not None and cfg["format"] != "csv":
+        raise DatasetError(
+            f"data.columns is only read by the csv format; set it to null for format {cfg['format']!r}"
+        )
+    kcore = cfg["kcore"]
+    if isinstance(kcore, bool) or not isinstance(kcore, int) or kcore < 0:
+        raise DatasetError(f"data.kcore must be an integer >= 0 (0 disables the filter), got {kcore!r}")
+    threshold = cfg["implicit_threshold"]
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
+        raise DatasetError(f"data.implicit_threshold must be a number or null, got {threshold!r}")
+    _check_split(cfg["split"])
+    return cfg
+
+
+def _check_split(split: dict[str, Any]) -> None:
+    if split["mode"] not in SPLIT_MODES:
+        raise DatasetError(f"data.split.mode is {split['mode']!r}; accepted: {list(SPLIT_MODES)}")
+    ratios = split["ratios"]
+    if split["mode"] == "ratio":
+        ok = isinstance(ratios, Sequence) and not isinstance(ratios, str) and len(ratios) == 3
+        ok = ok and all(isinstance(r, int | float) and not isinstance(r, bool) and r >= 0 for r in ratios)
+        if not ok:
+            raise DatasetError(
+                f"data.split.ratios must be [train, valid, test], 3 numbers >= 0, got {ratios!r}"
+            )
+        if not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
+            raise DatasetError(f"data.split.ratios {list(ratios)} sum to {sum(ratios):g}; they must sum to 1")
+        if ratios[0] <= 0:
+            raise DatasetError(f"data.split.ratios {list(ratios)}: the train share must be > 0")
+    valid_ratio = split["valid_ratio"]
+    if not isinstance(valid_ratio, int | float) or isinstance(valid_ratio, bool) or not 0 <= valid_ratio < 1:
+        raise DatasetError(f"data.split.valid_ratio must be a number in [0, 1), got {valid_ratio!r}")
+
+
+def _required_files(cfg: dict[str, Any]) -> dict[str, str]:
+    """role -> file name, null roles dropped; checks the roles the split mode needs."""
+    files = cfg["files"] or {}
+    if not isinstance(files, Mapping) or not all(isinstance(v, str) or v is None for v in files.values()):
+        raise DatasetError(f"data.files must map a role to a file name (or null), got {files!r}")
+    files = {role: name for role, name in files.items() if name is not None}
+    if cfg["split"]["mode"] == "given":
+        missing = [role for role in ("train", "test") if role not in files]
+        extra = sorted(set(files) - set(GIVEN_ROLES))
+        if missing or extra:
+            raise DatasetError(
+                f"data.split.mode=given reads data.files.train, data.files.test and optionally "
+                f"data.files.valid; dataset {cfg['name']!r} has files {dict(files)}. "
+                f"Use data.split.mode=ratio for a single interaction file."
+            )
+    elif not files:
+        raise DatasetError(f"data.files is empty for dataset {cfg['name']!r}: name at least one file")
+    return files
+
+
+# ----------------------------------------------------------------------------------------------
+# Locating and downloading files
+
+
+def dataset_dir(data_cfg: Any) -> Path:
+    """``<root>/<name>``: root is ``data.root``, else ``$FEDSHARE_DATA``, else ``~/.cache/fedshare/datasets``."""
+    cfg = _config(data_cfg)
+    root = cfg["root"] or os.environ.get(ROOT_ENV) or DEFAULT_ROOT
+    return (Path(os.path.expandvars(str(root))).expanduser() / cfg["name"]).absolute()
+
+
+def locate_files(data_cfg: Any, download: bool = True) -> dict[str, Path]:
+    """role -> path of every file the config needs, downloading missing ones if allowed.
+
+    Only fetches; never parses. Raises :class:`DatasetError` naming the missing files, the
+    folder they belong in, where to get them and why a download failed.
+    """
+    cfg = _config(data_cfg)
+    if cfg["format"] == "synthetic":
+        return {}
+    folder = dataset_dir(cfg)
+    files = _required_files(cfg)
+    missing = [name for name in dict.fromkeys(files.values()) if not (folder / name).is_file()]
+    if missing:
+        dl = cfg["download"]
+        if not dl["url"] or not download:
+            reason = (
+                "no download URL is configured (data.download.url is null)"
+                if download
+                else "downloads are off"
+            )
+            raise _missing_error(cfg, folder, missing, reason)
+        try:
+            _download(folder, missing, dl)
+        except (OSError, DatasetError, zipfile.BadZipFile, urllib.error.URLError, ValueError) as exc:
+            raise _missing_error(cfg, folder, missing, f"the download failed: {exc}") from exc
+    return {role: folder / name for role, name in files.items()}
+
+
+def _missing_error(cfg: dict[str, Any], folder: Path, missing: list[str], reason: str) -> DatasetError:
+    dl = cfg["download"]
+    where = []
+    if dl["url"]:
+        url = dl["url"]
+        where.append(
+            f"{url}<file name>" if url.endswith("/") else url + (" (zip archive)" if dl["archive"] else "")
+        )
+    if dl["source"]:
+        where.append(str(dl["source"]))
+    return DatasetError(
+        f"dataset {cfg['name']!r} is missing {', '.join(missing)} in {folder}. "
+        f"Put the files in that folder (or point data.root or ${ROOT_ENV} at a folder that holds "
+        f"{cfg['name']}/). Where to get them: {'; '.join(where) or 'no source is recorded in data.download'}. "
+        f"Not downloaded because {reason}."
+    )
+
+
+def _fetch(url: str, dest: Path) -> None:
+    # A timeout keeps a dead mirror from hanging a sweep; file:// URLs (tests) go through the same path.
+    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
+        shutil.copyfileobj(response, out, 1 << 20)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _zip_member(zf: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
+    # Archives often wrap the files in a folder (ml-100k.zip holds ml-100k/u.data): match by
+    # base name, preferring the shallowest member.
+    matches = [m for m in zf.infolist() if not m.is_dir() and m.filename.rsplit("/", 1)[-1] == name]
+    if not matches:
+        listed = [m.filename for m in zf.infolist()][:20]
+        raise DatasetError(f"the archive has no member named {name!r} (members: {listed})")
+    return min(matches, key=lambda m: (m.filename.count("/"), m.filename))
+
+
+def _download(folder: Path, names: list[str], dl: dict[str, Any]) -> None:
+    """Fetch ``names`` into ``folder``: temporary files first, checksums, then no-overwrite moves."""
+    url, archive = str(dl["url"]), dl["archive"]
+    if archive is not None and archive not in ARCHIVES:
+        raise DatasetError(f"data.download.archive is {archive!r}; accepted: {list(ARCHIVES)} or null")
+    if archive is None and not url.endswith("/") and len(names) > 1:
+        raise DatasetError(
+            f"data.download.url {url!r} names one file but {len(names)} are missing; end it with '/' "
+            f"to append each file name, or set data.download.archive"
+        )
+    expected = dl["sha256"] or {}
+    # Folders this call creates, deepest first: removed again if the download fails.
+    created = [d for d in (folder, *folder.parents) if not d.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    temps: list[Path] = []
+    placed = False
+
+    def temp(label: str) -> Path:
+        # In the target folder, so the final move is a rename on one filesystem.
+        fd, path = tempfile.mkstemp(prefix=f".{label}.", suffix=".part", dir=folder)
+        os.close(fd)
+        os.chmod(path, 0o644)  # mkstemp makes it owner-only; a dataset cache is meant to be read by all
+        temps.append(Path(path))
+        return temps[-1]
+
+    try:
+        fetched: dict[str, Path] = {}
+        if archive == "zip":
+            zip_path = temp("archive")
+            _fetch(url, zip_path)
+            with zipfile.ZipFile(zip_path) as zf:
+                for name in names:
+                    fetched[name] = temp(name)
+                    with zf.open(_zip_member(zf, name)) as src, open(fetched[name], "wb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+        else:
+            for name in names:
+                fetched[name] = temp(name)
+                _fetch(url + name if url.endswith("/") else url, fetched[name])
+        # Check every file before placing any, so a bad download leaves the folder as it was.
+        for name, path in fetched.items():
+            digest = _sha256(path)
+            if name not in expected:
+                raise DatasetError(
+                    f"no checksum for {name} in data.download.sha256, so it is not trusted "
+                    f"(the downloaded file has sha256 {digest})"
+                )
+            if digest != str(expected[name]).lower():
+                raise DatasetError(
+                    f"sha256 of {name} is {digest}, expected {expected[name]} (data.download.sha256)"
+                )
+        for name, path in fetched.items():
+            _place(path, folder / name)
+        placed = True
+    finally:
+        for path in temps:
+            path.unlink(missing_ok=True)
+        if not placed:
+            for d in created:
+                try:
+                    d.rmdir()  # only if still empty: never removes anything of anyone else's
+                except OSError:
+                    break
+
+
+def _place(src: Path, dest: Path) -> None:
+    """Move ``src`` to ``dest`` atomically, never replacing a file that is already there."""
+    try:
+        os.link(src, dest)  # fails if dest exists, unlike os.replace
+    except FileExistsError:
+        pass  # another process placed it first; keep theirs
+    except OSError:
+        # No hard links on this filesystem: rename, accepting a tiny race with another writer.
+        if not dest.exists():
+            os.replace(src, dest)
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic data
+
+
+def generate_synthetic(knobs: Mapping[str, Any] | None = None) -> RawColumns:
+    """Implicit feedback with power-law item popularity and latent communities.
+
+    Every user and item belongs to one of ``n_communities``; user ``u`` picks item ``i`` with
+    logit ``-popularity_exponent * log(rank_i + 1) + affinity * [c_u == c_i]``. Each user's
+    items are a Gumbel-top-k sample (k = the user's activity) from its logit row, i.e. drawn
+    without replacement. Popularity alone ranks poorly because most of a user's items come
+    from its community, which a factorisation model recovers. Deterministic given ``seed``.
+    """
+    k = dict(SYNTHETIC_DEFAULTS)
+    unknown = sorted(set(knobs or {}) - set(k))
+    if unknown:
+        raise DatasetError(f"unknown keys {unknown} in data.synthetic; accepted: {sorted(k)}")
+    k.update(knobs or {})
+    n_users, n_items, n_total = int(k["n_users"]), int(k["n_items"]), int(k["n_interactions"])
+    min_deg, n_comm = int(k["min_user_interactions"]), int(k["n_communities"])
+    if min(n_users, n_items, n_comm, min_deg) < 1:
+        raise DatasetError(
+            "data.synthetic: n_users, n_items, n_communities and min_user_interactions must be >= 1"
+        )
+    if not n_users * min_deg <= n_total <= n_users * n_items:
+        raise DatasetError(
+            f"data.synthetic.n_interactions={n_total} must lie in [n_users * min_user_interactions, "
+            f"n_users * n_items] = [{n_users * min_deg}, {n_users * n_items}]"
+        )
+    rng = np.random.default_rng(np.random.SeedSequence([int(k["seed"]), _SYNTHETIC_STREAM]))
+    popularity_rank = rng.permutation(n_items)
+    item_comm = rng.integers(n_comm, size=n_items)
+    user_comm = rng.integers(n_comm, size=n_users)
+    activity = rng.lognormal(0.0, float(k["activity_sigma"]), size=n_users)
+    degrees = min_deg + rng.multinomial(n_total - n_users * min_deg, activity / activity.sum())
+    # Clipping at n_items only bites for absurd knobs; the total is then slightly below target.
+    degrees = np.minimum(degrees, n_items)
+
+    logits = np.where(user_comm[:, None] == item_comm[None, :], np.float32(k["affinity"]), np.float32(0))
+    logits += (-float(k["popularity_exponent"]) * np.log1p(popularity_rank)).astype(np.float32)[None, :]
+    logits += rng.gumbel(size=(n_users, n_items)).astype(np.float32)
+    ranked = np.argsort(-logits, axis=1)
+    take = np.arange(n_items)[None, :] < degrees[:, None]
+    users = np.repeat(np.arange(n_users, dtype=np.int64), degrees)
+    items = ranked[take].astype(np.int64)
+    span = float(k["time_span_days"]) * 86_400
+    times = np.floor(float(k["time_start"]) + rng.uniform(0, span, size=len(users)))
+    return RawColumns(users, items, times=times)
+
+
+# ----------------------------------------------------------------------------------------------
+# Filtering, remapping, splitting
+
+
+def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """Entries that survive the k-core: repeat until every user and item has >= k of them.
+
+    ``users``/``items`` are non-negative integer codes. Removing a user can push an item
+    below k and back, so one pass is not enough.
+    """
+    keep = np.ones(len(users), bool)
+    if k <= 0 or len(users) == 0:
+        return keep
+    n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
+    while True:
+        user_deg = np.bincount(users[keep], minlength=n_users)
+        item_deg = np.bincount(items[keep], minlength=n_items)
+        new_keep = keep & (user_deg[users] >= k) & (item_deg[items] >= k)
+        if new_keep.sum() == keep.sum():
+            return keep
+        keep = new_keep
+
+
+def split_by_ratio(users: np.ndarray, ratios: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+    """Label each interaction 0 (train), 1 (valid) or 2 (test), at random within each user.
+
+    A user with ``n`` interactions gets ``round(n * r_train)`` train entries (at least one) and
+    ``round(n * (r_train + r_valid))`` train + valid entries; the rest go to test. Rounding the
+    cumulative shares keeps the totals close to the ratios even for many small users.
+    """
+    n = len(users)
+    labels = np.empty(n, np.int8)
+    if n == 0:
+        return labels
+    order = np.lexsort((rng.random(n), users))  # users grouped, random order inside each group
+    grouped = users[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    rank = np.arange(n) - np.repeat(starts, sizes)
+    size = np.repeat(sizes, sizes).astype(np.float64)
+    cum = np.cumsum(np.asarray(ratios, np.float64))
+    n_train = np.maximum(1, np.floor(size * cum[0] + 0.5))
+    n_train_valid = np.maximum(n_train, np.floor(size * cum[1] + 0.5))
+    labels[order] = (rank >= n_train).astype(np.int8) + (rank >= n_train_valid)
+    return labels
+
+
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique values, code of every entry): hashing, so O(n) where np.unique sorts."""
+    codes, uniques = pd.factorize(values, sort=True)
+    return np.asarray(uniques), codes.astype(np.int64)
+
+
+def _concat_ids(columns: list[np.ndarray]) -> np.ndarray:
+    if any(c.dtype.kind not in "iu" for c in columns):
+        columns = [c.astype(str) for c in columns]  # one id space even if files disagree on types
+    return np.concatenate(columns)
+
+
+def _first_occurrences(groups: np.ndarray, users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """Mask keeping the first of each repeated (group, user, item)."""
+    keys = (groups.astype(np.int64) * (int(users.max(initial=0)) + 1) + users) * n_items + items
+    return ~pd.Series(keys).duplicated(keep="first").to_numpy()
+
+
+def _threshold(raw: RawColumns, threshold: float | None, fmt: str, role: str) -> RawColumns:
+    if threshold is None:
+        return raw
+    if raw.ratings is None:
+        raise DatasetError(
+            f"data.implicit_threshold={threshold} but format {fmt!r} ({role} file) has no ratings; "
+            f"set data.implicit_threshold=null"
+        )
+    keep = raw.ratings >= threshold
+    return RawColumns(
+        raw.users[keep], raw.items[keep], raw.ratings[keep], None if raw.times is None else raw.times[keep]
+    )
+
+
+def load_dataset(data_cfg: Any, seed: int) -> InteractionData:
+    """Read, filter, remap and split the dataset of ``data_cfg`` (a ``configs/data`` config).
+
+    ``seed`` drives the random split only; the synthetic generator has its own
+    ``data.synthetic.seed`` so every run sees the same dataset.
+    """
+    cfg = _config(data_cfg)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise DatasetError(f"seed must be an integer >= 0, got {seed!r}")
+    mode = cfg["split"]["mode"]
+    if cfg["format"] == "synthetic":
+        if mode != "ratio":
+            raise DatasetError("the synthetic format has no files of its own: data.split.mode must be ratio")
+        parts = {"all": generate_synthetic(cfg["synthetic"])}
+    else:
+        paths = locate_files(cfg)
+        parts = {
+            role: read_file(cfg["format"], path, cfg["sep"], cfg["columns"]) for role, path in paths.items()
+        }
+    parts = {
+        role: _threshold(raw, cfg["implicit_threshold"], cfg["format"], role) for role, raw in parts.items()
+    }
+
+    roles = list(parts)
+    role_of = np.repeat(np.arange(len(roles), dtype=np.int64), [len(p) for p in parts.values()])
+    raw_users, users = _factorize(_concat_ids([p.users for p in parts.values()]))
+    raw_items, items = _factorize(_concat_ids([p.items for p in parts.values()]))
+    has_times = all(p.times is not None for p in parts.values())
+    times = np.concatenate([p.times for p in parts.values()]) if has_times else None
+
+    # Ratio mode splits one pool, so duplicates are found across files; given mode keeps each file.
+    groups = role_of if mode == "given" else np.zeros_like(role_of)
+    keep = _first_occurrences(groups, users, items, len(raw_items))
+    keep[keep] = kcore_mask(users[keep], items[keep], cfg["kcore"])
+    if not keep.any():
+        raise DatasetError(
+            f"dataset {cfg['name']!r}: no interactions left after data.implicit_threshold="
+            f"{cfg['implicit_threshold']} and data.kcore={cfg['kcore']}"
+        )
+    used_users, users = _factorize(users[keep])
+    used_items, items = _factorize(items[keep])
+    role_of = role_of[keep]
+    times = None if times is None else times[keep]
+    n_users, n_items = len(used_users), len(used_items)
+
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), _SPLIT_STREAM]))
+    if mode == "ratio":
+        labels = split_by_ratio(users, cfg["split"]["ratios"], rng)
+    else:
+        labels = np.array([GIVEN_ROLES.index(r) for r in roles], np.int8)[role_of]
+        if "valid" not in roles and cfg["split"]["valid_ratio"] > 0:
+            in_train = np.flatnonzero(labels == _TRAIN)
+            v = float(cfg["split"]["valid_ratio"])
+            labels[in_train] = split_by_ratio(users[in_train], [1 - v, v, 0.0], rng)
+
+    def split_of(label: int) -> Split:
+        mask = labels == label
+        return Split(
+            users[mask].astype(np.int64),
+            items[mask].astype(np.int64),
+            None if times is None else times[mask].astype(np.float64),
+        )
+
+    return InteractionData(
+        name=cfg["name"],
+        n_users=n_users,
+        n_items=n_items,
+        train=split_of(_TRAIN),
+        valid=split_of(_VALID),
+        test=split_of(_TEST),
+        user_ids=raw_users[used_users],
+        item_ids=raw_items[used_items],
+    )
