@@ -1,0 +1,176 @@
+"""Full-ranking evaluation: mask history, one ``topk``, every metric for every K from one hit matrix.
+
+A batch of ``B`` users is scored against all items (``scores: [B, n_items]``). The caller
+masks each user's known items (train, plus valid at test time) with :func:`mask_history`, turns
+the scores into a hit matrix with :func:`topk_hits`, and feeds the hits to
+:class:`RankingMetrics`, which accumulates per-user values overall and per sharing group.
+Metric keys are ``name@k`` (``recall@20``); the stage prefix (``test/``) belongs to the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+METRIC_NAMES = ("recall", "ndcg", "hr")
+
+
+def mask_history(scores: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """Set ``scores[rows, cols] = -inf`` in place and return ``scores``.
+
+    ``rows`` are positions within the batch (0..B-1), ``cols`` item ids. Indexing (rather than
+    a dense ``[B, n_items]`` mask) keeps the cost proportional to the history size.
+    """
+    scores[rows, cols] = float("-inf")
+    return scores
+
+
+def topk_hits(scores: Tensor, target_rows: Tensor, target_cols: Tensor, k: int) -> Tensor:
+    """Bool ``[B, k]``: ``hit[b, r]`` is true when the item ranked ``r`` for user ``b`` is a target.
+
+    One ``torch.topk(scores, k)``; the targets (``target_rows`` = batch positions, ``target_cols``
+    = item ids) become sorted keys ``row * n_items + col`` and each top-k entry is looked up with
+    one ``searchsorted``. That is the same as gathering from a dense ``[B, n_items]`` target
+    matrix, without allocating and zeroing it (25x faster on CPU at Gowalla size). When ``k``
+    exceeds the number of items (tiny debug data), the missing ranks are padded with misses so
+    that every K still indexes the same columns.
+    """
+    if k < 1:
+        raise ValueError(f"topk_hits: k must be >= 1, got {k}")
+    n_batch, n_items = scores.shape
+    top = torch.topk(scores, min(k, n_items), dim=1, sorted=True).indices
+    device = scores.device
+    rows = target_rows.to(device=device, dtype=torch.long)
+    cols = target_cols.to(device=device, dtype=torch.long)
+    keys = rows * n_items + cols
+    queries = torch.arange(n_batch, device=device).unsqueeze(1) * n_items + top
+    if keys.numel() == 0:
+        hits = torch.zeros_like(queries, dtype=torch.bool)
+    else:
+        keys = torch.sort(keys).values
+        pos = torch.searchsorted(keys, queries).clamp_(max=keys.numel() - 1)
+        hits = keys[pos] == queries
+    if k > n_items:
+        hits = torch.cat([hits, hits.new_zeros(n_batch, k - n_items)], dim=1)
+    return hits
+
+
+def _discounts(k: int, device: torch.device) -> Tensor:
+    """``1 / log2(r + 2)`` for ranks ``r = 0..k-1``."""
+    return 1.0 / torch.log2(torch.arange(k, device=device, dtype=torch.float32) + 2.0)
+
+
+def ranking_metrics(hits: Tensor, n_target: Tensor, ks: Sequence[int]) -> dict[str, Tensor]:
+    """Per-user Recall@K, NDCG@K and HR@K for every K in ``ks``, as float ``[B]`` tensors.
+
+    With ``h_r`` = hit at rank ``r`` (0-based) and ``n`` = ``n_target`` (the user's test items):
+
+    - ``recall@K = sum_{r<K} h_r / n``
+    - ``ndcg@K = DCG@K / IDCG@K``, ``DCG@K = sum_{r<K} h_r / log2(r + 2)``,
+      ``IDCG@K = sum_{r < min(n, K)} 1 / log2(r + 2)``
+    - ``hr@K = 1 if sum_{r<K} h_r > 0 else 0``
+
+    All K come from cumulative sums over the one hit matrix. Users with ``n == 0`` get 0 for
+    every metric (never NaN); :class:`RankingMetrics` leaves them out of the means.
+    """
+    n_batch, width = hits.shape
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1 or ks[-1] > width:
+        raise ValueError(f"ranking_metrics: ks={ks} must be in 1..{width} (the hit matrix width)")
+    device = hits.device
+    hits_f = hits.to(torch.float32)
+    disc = _discounts(width, device)
+    n_hits = hits_f.cumsum(dim=1)  # [B, width]: hits within the first r+1 ranks
+    dcg = (hits_f * disc).cumsum(dim=1)
+    ideal = disc.cumsum(dim=0)  # ideal[m-1] = IDCG with m relevant items in the top
+    n_target = n_target.to(device=device, dtype=torch.long)
+    has_target = n_target > 0
+    n_safe = n_target.clamp(min=1).to(torch.float32)
+
+    out: dict[str, Tensor] = {}
+    for k in ks:
+        hits_k = n_hits[:, k - 1]
+        ideal_k = ideal[n_target.clamp(min=1, max=k) - 1]
+        zero = torch.zeros_like(hits_k)
+        out[f"recall@{k}"] = torch.where(has_target, hits_k / n_safe, zero)
+        out[f"ndcg@{k}"] = torch.where(has_target, dcg[:, k - 1] / ideal_k, zero)
+        out[f"hr@{k}"] = torch.where(has_target, (hits_k > 0).to(torch.float32), zero)
+    return out
+
+
+class RankingMetrics(Metric):
+    """Mean Recall/NDCG/HR@K over users, overall and per sharing group.
+
+    State: ``sums[g, m]`` (sum of metric ``m`` over the counted users of group ``g``) and
+    ``counts[g]``, both summed across processes, so the means are exact under DDP. Users with
+    no target are skipped. Without ``group_names`` there is a single implicit group.
+
+    ``compute()`` returns ``recall@20`` etc. (mean over all counted users) and, when
+    ``group_names`` is given, ``recall@20/share=<name>`` for every group that has users.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    sums: Tensor
+    counts: Tensor
+
+    def __init__(self, ks: Sequence[int] = (10, 20), group_names: list[str] | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.ks = sorted({int(k) for k in ks})
+        if not self.ks or self.ks[0] < 1:
+            raise ValueError(f"RankingMetrics: ks must be positive integers, got {list(ks)}")
+        self.group_names = None if group_names is None else [str(g) for g in group_names]
+        self.metric_keys = [f"{name}@{k}" for k in self.ks for name in METRIC_NAMES]
+        n_groups = 1 if self.group_names is None else len(self.group_names)
+        if n_groups < 1:
+            raise ValueError("RankingMetrics: group_names is empty; pass None for no groups")
+        # float64 sums: a full evaluation adds ~1e5 per-user values; float32 would drift in the
+        # 6th digit and make runs with different batch sizes disagree.
+        self.add_state(
+            "sums",
+            default=torch.zeros(n_groups, len(self.metric_keys), dtype=torch.float64),
+            dist_reduce_fx="sum",
+        )
+        self.add_state("counts", default=torch.zeros(n_groups, dtype=torch.long), dist_reduce_fx="sum")
+
+    @property
+    def max_k(self) -> int:
+        return self.ks[-1]
+
+    def update(self, hits: Tensor, n_target: Tensor, groups: Tensor | None = None) -> None:
+        """Add a batch: ``hits`` bool ``[B, >= max K]``, ``n_target`` ``[B]``, ``groups`` long ``[B]``."""
+        if self.group_names is None:
+            if groups is not None:
+                raise ValueError("RankingMetrics.update: groups given but group_names was None at init")
+            groups = torch.zeros(hits.shape[0], dtype=torch.long, device=self.sums.device)
+        elif groups is None:
+            raise ValueError(
+                f"RankingMetrics.update: groups (indices into {self.group_names}) is required "
+                "when group_names is set"
+            )
+        per_user = ranking_metrics(hits, n_target, self.ks)
+        values = torch.stack([per_user[key] for key in self.metric_keys], dim=1).to(self.sums)
+        counted = (n_target > 0).to(self.sums.device)
+        groups = groups.to(device=self.sums.device, dtype=torch.long)
+        # Zero rows for skipped users instead of boolean indexing: no host sync, same sums.
+        values = values * counted.unsqueeze(1).to(values.dtype)
+        self.sums.index_add_(0, groups, values)
+        self.counts.index_add_(0, groups, counted.to(torch.long))
+
+    def compute(self) -> dict[str, Tensor]:
+        total = self.counts.sum()
+        overall = self.sums.sum(dim=0) / total  # NaN when nothing was counted: nothing to average
+        out = {key: overall[m].to(torch.float32) for m, key in enumerate(self.metric_keys)}
+        if self.group_names is not None:
+            means = self.sums / self.counts.clamp(min=1).unsqueeze(1)
+            for g, name in enumerate(self.group_names):
+                if int(self.counts[g]) == 0:
+                    continue
+                for m, key in enumerate(self.metric_keys):
+                    out[f"{key}/share={name}"] = means[g, m].to(torch.float32)
+        return out
