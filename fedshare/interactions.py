@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -111,3 +112,15 @@ def to_csr(split: Split, n_users: int, n_items: int) -> UserCSR:
     np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
     times = None if split.times is None else split.times[order]
     return UserCSR(indptr, split.items[order].astype(np.int64), times, n_items)
+
+
+def gather_rows(indptr: torch.Tensor, items: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR rows ``rows`` as (new indptr, concatenated entries), vectorized, on their device."""
+    starts = indptr[rows]
+    counts = indptr[rows + 1] - starts
+    new_indptr = torch.zeros(rows.numel() + 1, dtype=indptr.dtype, device=indptr.device)
+    torch.cumsum(counts, 0, out=new_indptr[1:])
+    total = int(new_indptr[-1])
+    seg = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), counts, output_size=total)
+    idx = torch.arange(total, device=rows.device) - new_indptr[seg] + starts[seg]
+    return new_indptr, items[idx]

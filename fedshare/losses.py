@@ -1,0 +1,43 @@
+"""Losses as small pure functions, the formula in the docstring."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def bpr_grads(
+    p: Tensor, q_pos: Tensor, q_neg: Tensor, weight: Tensor, reg: float, scale: float = 1.0
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of the weighted BPR loss with L2, written out so a round needs no autograd graph.
+
+    ``loss = sum_k w_k * (-log sigmoid(x_k) + reg/2 * (|p_k|^2 + |q+_k|^2 + |q-_k|^2))``
+    with ``x_k = p_k . (q+_k - q-_k)``. ``weight`` is ``1/batch`` of the example's client, so the
+    sum over a cohort is the sum of every client's mean batch loss, and the gradient of one
+    client's rows is exactly that of its own mean loss.
+
+    Returns ``scale * (dL/dp, dL/dq+, dL/dq-)`` and the loss per example; ``scale=-lr`` gives
+    the SGD updates. ``q_pos`` and ``q_neg`` are overwritten with their results (callers pass
+    gathered copies): a round calls this thousands of times on large batches, and fresh
+    buffers cost more than the arithmetic.
+    """
+    diff = q_pos - q_neg
+    x = torch.linalg.vecdot(p, diff)
+    g = torch.sigmoid(-x).mul_(weight * -scale).unsqueeze(-1)  # d(-log sigmoid(x))/dx = -sigmoid(-x)
+    loss = -F.logsigmoid(x) * weight
+    if reg:
+        wr = (weight * (reg * scale)).unsqueeze(-1)
+        grad_p = diff.mul_(g).addcmul_(p, wr)
+        grad_pos = q_pos.mul_(wr).addcmul_(p, g)
+        grad_neg = q_neg.mul_(wr).addcmul_(p, g, value=-1.0)
+    else:
+        grad_p = diff.mul_(g)
+        grad_pos = torch.mul(p, g, out=q_pos)
+        grad_neg = torch.mul(p, g, out=q_neg).neg_()
+    return grad_p, grad_pos, grad_neg, loss
+
+
+def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
+    """``mean(-log sigmoid(s+ - s-))`` (autograd version, for server-side models)."""
+    return -F.logsigmoid(pos_scores - neg_scores).mean()
