@@ -1,0 +1,121 @@
+"""The federated data module: one dataset, split once, partitioned per user into local and shared.
+
+What lives where (DESIGN.md section 1):
+
+- ``train``: ``D_u``, each user's training interactions, held on the user's device;
+- ``shared`` / ``local``: the partition of ``D_u`` into ``S_u`` (sent to the server) and ``L_u``;
+- ``shared_edges``: ``(user, item)`` of every shared interaction: all the server may see;
+- ``valid`` / ``test``: held-out interactions, never shared, used for evaluation only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from fedshare.datasets import load_dataset, locate_files
+from fedshare.interactions import InteractionData, UserCSR, to_csr
+from fedshare.seeding import numpy_generator
+from fedshare.sharing import (
+    draw_ratios,
+    ratio_histogram,
+    realised_ratios,
+    select_shared,
+    share_groups,
+    sharing_summary,
+)
+
+log = logging.getLogger(__name__)
+
+
+class FederatedDataModule(pl.LightningDataModule):
+    """Per-user local/shared training splits and evaluation batches of users.
+
+    ``train_dataloader`` yields one item per epoch: a Lightning epoch is one federated round,
+    and the round itself samples its cohort. Evaluation dataloaders yield batches of user ids
+    (users with at least one held-out item).
+    """
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.data: InteractionData | None = None
+
+    def prepare_data(self) -> None:
+        # only fetches (download or a clear error on missing files); splitting happens in setup
+        if self.cfg.data.format != "synthetic":
+            locate_files(self.cfg.data, download=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is not None:  # split once, whatever the stage
+            return
+        cfg = self.cfg
+        data = load_dataset(cfg.data, seed=cfg.seed)
+        n_users, n_items = data.n_users, data.n_items
+        self.train = to_csr(data.train, n_users, n_items)
+        self.valid = to_csr(data.valid, n_users, n_items)
+        self.test = to_csr(data.test, n_users, n_items)
+
+        rng = numpy_generator(cfg.seed, "sharing")
+        self.share_ratio_drawn = draw_ratios(cfg.sharing, n_users, rng)
+        self.shared_mask = select_shared(self.train, self.share_ratio_drawn, cfg.sharing.selection, rng)
+        self.shared = self.train.select(self.shared_mask)
+        self.local = self.train.select(~self.shared_mask)
+        self.share_ratio = realised_ratios(self.train, self.shared_mask)
+        self.share_group, self.group_names = share_groups(self.share_ratio)
+        self.data = data
+        log.info(data.summary())
+        log.info(
+            "sharing: %s",
+            ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.summary().items()
+            ),
+        )
+        log.info("sharing ratio histogram:\n%s", ratio_histogram(self.share_ratio))
+
+    # ---- what the rest of the platform reads -------------------------------------------------
+    @property
+    def n_users(self) -> int:
+        return self._loaded().n_users
+
+    @property
+    def n_items(self) -> int:
+        return self._loaded().n_items
+
+    @property
+    def shared_edges(self) -> np.ndarray:
+        """``[S, 2]`` (user, item) pairs of the shared interactions: the server's whole view."""
+        return np.stack([self.shared.users, self.shared.items], axis=1)
+
+    def summary(self) -> dict[str, Any]:
+        return dict(sharing_summary(self.train, self.shared_mask))
+
+    def _loaded(self) -> InteractionData:
+        if self.data is None:
+            raise RuntimeError("FederatedDataModule.setup() has not run yet")
+        return self.data
+
+    # ---- dataloaders -------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader([0], batch_size=None)
+
+    def _user_batches(self, split: UserCSR) -> DataLoader:
+        users = np.flatnonzero(split.degrees > 0)
+        size = int(self.cfg.eval.batch_users)
+        batches: Sequence[torch.Tensor] = [
+            torch.from_numpy(users[i : i + size]) for i in range(0, len(users), size)
+        ]
+        return DataLoader(batches, batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._user_batches(self.valid)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._user_batches(self.test)

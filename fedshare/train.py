@@ -1,0 +1,214 @@
+"""Entry point: ``python -m fedshare.train [GROUP=NAME ...] [key=value ...]``.
+
+``train(cfg)`` is the function tests and sweeps call; ``main()`` only reads ``sys.argv``.
+A run writes into its folder: ``config.yaml`` (the resolved config, written before any work),
+``metrics.json`` (flat ``{"test/recall@20": ...}``), ``checkpoints/last.ckpt`` and, with the
+W&B logger, the offline W&B run under ``wandb/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from datamodules import FederatedDataModule
+from fedshare.config import ConfigError, compose, save
+from fedshare.readers import DatasetError
+from fedshare.runtime import tune_allocator
+from lightning_modules import FedMFModule, PopularityModule
+from lightning_modules.progress import RoundProgressBar
+
+log = logging.getLogger("fedshare")
+
+# W&B folders the user chose before starting; the others are placed inside each run folder
+_WANDB_DIRS = {"WANDB_CONFIG_DIR": "config", "WANDB_CACHE_DIR": "cache", "WANDB_DATA_DIR": "data"}
+_USER_WANDB_ENV = {var: os.environ.get(var) for var in _WANDB_DIRS}
+
+
+def run_dir_for(cfg: DictConfig) -> Path:
+    if cfg.paths.output_dir:
+        return Path(cfg.paths.output_dir).expanduser().absolute()
+    name = cfg.choices.experiment or cfg.model.name
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.paths.runs_root).expanduser().absolute() / name / stamp
+    path, n = base, 1
+    while path.exists():  # two runs started in the same second get their own folders
+        path, n = base.with_name(f"{stamp}-{n}"), n + 1
+    return path
+
+
+def build_model(cfg: DictConfig, dm: FederatedDataModule) -> pl.LightningModule:
+    m = cfg.model
+    if m.name == "popularity":
+        model: pl.LightningModule = PopularityModule(dm.n_items, ks=list(cfg.eval.ks))
+    elif m.name == "fedmf":
+        model = FedMFModule(
+            dm.n_users,
+            dm.n_items,
+            dim=m.dim,
+            init_std=m.init_std,
+            local_epochs=m.local_epochs,
+            batch_size=m.batch_size,
+            lr=m.lr,
+            reg=m.reg,
+            server_lr=m.server_lr,
+            cohort_fraction=cfg.fed.cohort_fraction,
+            seed=cfg.seed,
+            ks=list(cfg.eval.ks),
+        )
+    else:  # compose() validates model.name; this guards a new name added there but not here
+        raise ConfigError(f"model.name={m.name!r} has no module; accepted: fedmf, popularity")
+    model.attach_data(dm)
+    return model
+
+
+def build_logger(cfg: DictConfig, run_dir: Path):
+    if cfg.logger.name == "none" or cfg.trainer.fast_dev_run:
+        return None
+    from pytorch_lightning.loggers import WandbLogger
+
+    # keep every W&B file inside the run folder, never in the home folder
+    wandb_home = run_dir / "wandb"
+    for var, sub in (
+        ("WANDB_CONFIG_DIR", "config"),
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_DATA_DIR", "data"),
+    ):
+        os.environ.setdefault(var, str(wandb_home / sub))
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return WandbLogger(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        group=cfg.logger.group or (cfg.choices.experiment or cfg.model.name),
+        name=run_dir.name,
+        save_dir=str(run_dir),
+        mode=cfg.logger.mode,
+        tags=list(cfg.logger.tags),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, allow_nan=True) + "\n")
+    tmp.replace(path)
+
+
+def format_table(metrics: dict[str, float], groups: list[str] | None = None) -> str:
+    """Test metrics as rows (all users, then each sharing group) x columns (metric@K)."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if not key.startswith("test/"):
+            continue
+        name, _, group = key[len("test/") :].partition("/")
+        rows.setdefault(group or "all users", {})[name] = value
+    if not rows:
+        return "(no test metrics)"
+    order = ["all users"] + [f"share={g}" for g in groups or []]
+    names = sorted(rows, key=lambda r: order.index(r) if r in order else len(order))
+    cols = sorted(
+        {c for r in rows.values() for c in r}, key=lambda c: (c.split("@")[0], int(c.split("@")[1]))
+    )
+    width = max(len(r) for r in rows) + 2
+    lines = ["".ljust(width) + "".join(c.rjust(11) for c in cols)]
+    for name in names:
+        lines.append(name.ljust(width) + "".join(f"{rows[name].get(c, math.nan):11.4f}" for c in cols))
+    return "\n".join(lines)
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Runs fit + test for ``cfg``; returns the flat metrics and the objects used."""
+    run_dir = run_dir_for(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save(cfg, run_dir / "config.yaml")
+    tune_allocator()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    dm = FederatedDataModule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    model = build_model(cfg, dm)
+    logger = build_logger(cfg, run_dir)
+    if logger is not None:
+        logger.log_hyperparams({f"sharing/{k}": v for k, v in dm.summary().items()})
+
+    checkpoint = pl.callbacks.ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1
+    )
+    tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    rounds = int(cfg.fed.rounds)
+    every = max(1, int(cfg.eval.every))
+    if not dm.valid.items.size or every > rounds:  # nothing to validate on, or never due
+        tcfg["limit_val_batches"] = 0
+    trainer = pl.Trainer(
+        **tcfg,
+        max_epochs=rounds,
+        check_val_every_n_epoch=every,
+        num_sanity_val_steps=0,
+        logger=logger if logger is not None else False,
+        callbacks=[checkpoint, *([RoundProgressBar()] if tcfg["enable_progress_bar"] else [])],
+        default_root_dir=str(run_dir),
+        log_every_n_steps=1,
+        enable_model_summary=False,
+    )
+    try:
+        trainer.fit(model, datamodule=dm)
+        trainer.test(model, datamodule=dm, verbose=False)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics = {k: metrics[k] for k in sorted(metrics) if not k.startswith("time/")}
+        if model.history["val"]:
+            metrics.update({k: v for k, v in model.history["val"][-1].items() if k != "round"})
+        _write_json(run_dir / "metrics.json", metrics)
+        if logger is not None:
+            logger.experiment.summary.update(metrics)
+    finally:
+        if logger is not None:
+            import wandb
+
+            wandb.finish()
+    print(f"\nTest metrics ({cfg.choices.experiment or cfg.model.name} on {cfg.data.name}):")
+    print(format_table(metrics, dm.group_names))
+    print(f"Run folder: {run_dir}")
+    return metrics, {"trainer": trainer, "model": model, "datamodule": dm, "run_dir": run_dir}
+
+
+def quiet_library_noise() -> None:
+    """Silence warnings that are about library internals, not about the run."""
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned `None`.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    os.environ.setdefault("POSSIBLE_USER_WARNINGS", "off")  # lightning's tips
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_library_noise()
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    try:
+        cfg = compose(args)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    try:
+        train(cfg)
+    except DatasetError as err:
+        print(f"data error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
