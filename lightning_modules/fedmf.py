@@ -71,6 +71,10 @@ class FedMFModule(RankingModule):
             batch_size=1,
         )
 
+    def server_state(self) -> dict[str, Tensor]:
+        """Everything the server holds: the global item table (uploads are consumed each round)."""
+        return {"item_emb": self.item_emb}
+
     def score_users(self, users: Tensor) -> Tensor:
         return self.user_emb[users] @ self.item_emb.T
 

@@ -1,0 +1,118 @@
+"""End to end: the real configs, shrunk, run under tmp_path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from fedshare import train as train_mod
+from fedshare.config import available, compose
+from fedshare.privacy import unshared_pairs
+
+
+@pytest.mark.parametrize("experiment", [None, *available("experiment")])
+def test_every_experiment_runs_under_fast_dev_run(experiment: str | None, tiny: list[str], tmp_path: Path) -> None:
+    overrides = [*tiny, "debug=fdr", f"paths.output_dir={tmp_path / 'run'}"]
+    if experiment:
+        overrides.append(f"experiment={experiment}")
+    metrics, _ = train_mod.train(compose(overrides))
+    assert 0.0 <= metrics["test/recall@20"] <= 1.0
+    assert "test/ndcg@20" in metrics and "test/hr@10" in metrics
+
+
+def test_a_run_writes_config_metrics_checkpoint_and_offline_wandb(
+    tiny: list[str], tmp_path: Path, _isolated_home: Path
+) -> None:
+    run = tmp_path / "run"
+    cfg = compose([*tiny, "fed.rounds=3", "eval.every=1", f"paths.output_dir={run}"])
+    metrics, objects = train_mod.train(cfg)
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["fed"]["rounds"] == 3 and saved["choices"]["data"] == "synthetic"
+
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk == pytest.approx(metrics)
+    assert all(isinstance(v, float) for v in on_disk.values())  # flat: key -> number
+    for key in ("test/recall@10", "test/recall@20", "test/ndcg@20", "test/hr@20", "val/recall@20"):
+        assert key in on_disk
+    groups = objects["datamodule"].group_names
+    assert all(f"test/recall@20/share={g}" in on_disk for g in groups)
+
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 3
+    assert torch.equal(ckpt["state_dict"]["item_emb"], objects["model"].item_emb)
+    assert "generators" in ckpt
+
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert offline, "the W&B run must be written, offline, inside the run folder"
+    assert not any(_isolated_home.rglob("*wandb*")), "W&B wrote into the home folder"
+
+
+def test_same_seed_same_metrics(tiny: list[str], tmp_path: Path) -> None:
+    base = [*tiny, "fed.rounds=2", "logger=none", "fed.cohort_fraction=0.5"]
+    a, _ = train_mod.train(compose([*base, f"paths.output_dir={tmp_path / 'a'}"]))
+    b, _ = train_mod.train(compose([*base, f"paths.output_dir={tmp_path / 'b'}"]))
+    c, _ = train_mod.train(compose([*base, "seed=1", f"paths.output_dir={tmp_path / 'c'}"]))
+    assert a == b
+    assert a != c
+
+
+def test_fedmf_learns_more_than_popularity(tmp_path: Path) -> None:
+    """On the synthetic default (communities), a trained FedMF must beat ranking by popularity."""
+    common = ["logger=none", "trainer.enable_progress_bar=false", "eval.every=1000"]
+    fedmf, _ = train_mod.train(compose([*common, "fed.rounds=25", f"paths.output_dir={tmp_path / 'f'}"]))
+    pop, _ = train_mod.train(compose([*common, "experiment=popularity", f"paths.output_dir={tmp_path / 'p'}"]))
+    assert fedmf["test/recall@20"] > 1.3 * pop["test/recall@20"]
+
+
+def test_server_holds_no_unshared_interaction(tiny: list[str], tmp_path: Path) -> None:
+    _, objects = train_mod.train(compose([*tiny, "fed.rounds=1", "logger=none", f"paths.output_dir={tmp_path}"]))
+    dm, model = objects["datamodule"], objects["model"]
+    assert unshared_pairs(model.server_state(), dm.shared_edges, dm.n_items) == {}
+    # the check itself must catch a leak: a store holding local-only pairs
+    local = np.stack([dm.local.users, dm.local.items], axis=1)
+    leaky = {**model.server_state(), "interactions": torch.from_numpy(local)}
+    assert unshared_pairs(leaky, dm.shared_edges, dm.n_items) == {"interactions": len(local)}
+    assert unshared_pairs({"edges": torch.from_numpy(dm.shared_edges)}, dm.shared_edges, dm.n_items) == {}
+
+
+def test_main_stops_on_a_config_error_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = train_mod.main(["fed.roundz=3", f"paths.output_dir={tmp_path / 'run'}"])
+    assert code == 2
+    assert "fed.roundz" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_main_explains_a_missing_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = train_mod.main(
+        ["data=ml-100k", f"data.root={tmp_path / 'data'}", "data.download.url=null", "logger=none",
+         f"paths.output_dir={tmp_path / 'run'}"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "u.data" in err and str(tmp_path / "data" / "ml-100k") in err
+
+
+def test_real_format_end_to_end(tmp_path: Path) -> None:
+    """A LightGCN-format dataset on disk, its own split, through the whole job."""
+    folder = tmp_path / "data" / "toy"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    with open(folder / "train.txt", "w") as f_train, open(folder / "test.txt", "w") as f_test:
+        for u in range(30):
+            items = rng.choice(50, size=12, replace=False)
+            f_train.write(" ".join(map(str, [u, *items[:9]])) + "\n")
+            f_test.write(" ".join(map(str, [u, *items[9:]])) + "\n")
+    overrides = [
+        "data=gowalla", "data.name=toy", f"data.root={tmp_path / 'data'}", "data.download.url=null",
+        "data.download.sha256=null", "logger=none", "fed.rounds=2", "trainer.enable_progress_bar=false",
+        f"paths.output_dir={tmp_path / 'run'}",
+    ]
+    metrics, objects = train_mod.train(compose(overrides))
+    assert objects["datamodule"].n_users == 30
+    assert "test/recall@20" in metrics
