@@ -15,7 +15,9 @@ def test_defaults_compose_to_the_fedmf_synthetic_job() -> None:
     assert cfg.sharing.policy == "segments"
     assert cfg.logger.name == "wandb" and cfg.logger.mode == "offline"
     assert list(cfg.eval.ks) == [10, 20]
-    with pytest.raises(Exception):
+    from omegaconf.errors import ReadonlyConfigError
+
+    with pytest.raises(ReadonlyConfigError):
         cfg.seed = 3  # read-only: config never changes during a run
 
 

@@ -65,4 +65,4 @@ def test_eval_batches_cover_users_with_held_out_items(tiny: list[str]) -> None:
 
 def test_attributes_before_setup_are_a_clear_error(tiny: list[str]) -> None:
     with pytest.raises(RuntimeError, match="setup"):
-        FederatedDataModule(compose(tiny)).n_users
+        _ = FederatedDataModule(compose(tiny)).n_users
