@@ -35,6 +35,10 @@ _WANDB_DIRS = {"WANDB_CONFIG_DIR": "config", "WANDB_CACHE_DIR": "cache", "WANDB_
 _USER_WANDB_ENV = {var: os.environ.get(var) for var in _WANDB_DIRS}
 
 
+class RunFolderError(RuntimeError):
+    """The run folder cannot be used (it holds another run)."""
+
+
 def run_dir_for(cfg: DictConfig) -> Path:
     if cfg.paths.output_dir:
         return Path(cfg.paths.output_dir).expanduser().absolute()
@@ -129,6 +133,12 @@ def format_table(metrics: dict[str, float], groups: list[str] | None = None) -> 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Runs fit + test for ``cfg``; returns the flat metrics and the objects used."""
     run_dir = run_dir_for(cfg)
+    if (run_dir / "config.yaml").exists():
+        # never overwrite the record of an earlier run
+        raise RunFolderError(
+            f"{run_dir} already holds a run (config.yaml); choose another paths.output_dir, "
+            "or leave it unset for a new timestamped folder under paths.runs_root"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     save(cfg, run_dir / "config.yaml")
     tune_allocator()
@@ -140,7 +150,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     model = build_model(cfg, dm)
     logger = build_logger(cfg, run_dir)
     if logger is not None:
+        import wandb
+
         logger.log_hyperparams({f"sharing/{k}": v for k, v in dm.summary().items()})
+        logger.experiment.log({"sharing/ratio": wandb.Histogram(dm.share_ratio.tolist())})
 
     checkpoint = pl.callbacks.ModelCheckpoint(
         dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1
@@ -206,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         train(cfg)
     except DatasetError as err:
         print(f"data error: {err}", file=sys.stderr)
+        return 2
+    except RunFolderError as err:
+        print(f"run folder error: {err}", file=sys.stderr)
         return 2
     return 0
 

@@ -88,6 +88,16 @@ def test_main_stops_on_a_config_error_before_any_work(tmp_path: Path, capsys: py
     assert not (tmp_path / "run").exists()
 
 
+def test_an_earlier_run_is_never_overwritten(tiny: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    train_mod.train(compose([*tiny, "debug=fdr", f"paths.output_dir={run}"]))
+    before = {p.name: p.read_bytes() for p in run.glob("*.json")} | {"config": (run / "config.yaml").read_bytes()}
+    assert train_mod.main([*tiny, "debug=fdr", "seed=5", f"paths.output_dir={run}"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    after = {p.name: p.read_bytes() for p in run.glob("*.json")} | {"config": (run / "config.yaml").read_bytes()}
+    assert before == after
+
+
 def test_main_explains_a_missing_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = train_mod.main(
         ["data=ml-100k", f"data.root={tmp_path / 'data'}", "data.download.url=null", "logger=none",
