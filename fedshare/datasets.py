@@ -34,6 +34,7 @@ __all__ = [
     "ROOT_ENV",
     "DEFAULT_ROOT",
     "SYNTHETIC_DEFAULTS",
+    "check_config",
     "dataset_dir",
     "locate_files",
     "load_dataset",
@@ -133,6 +134,11 @@ def _config(data_cfg: Any) -> dict[str, Any]:
         raise DatasetError(f"data.implicit_threshold must be a number or null, got {threshold!r}")
     _check_split(cfg["split"])
     return cfg
+
+
+def check_config(data_cfg: Any) -> None:
+    """Raises :class:`DatasetError` for a data config that ``load_dataset`` would refuse."""
+    _config(data_cfg)
 
 
 def _check_split(split: dict[str, Any]) -> None:
