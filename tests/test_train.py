@@ -45,7 +45,7 @@ def test_a_run_writes_config_metrics_checkpoint_and_offline_wandb(
 
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 3
-    assert torch.equal(ckpt["state_dict"]["item_emb"], objects["model"].item_emb)
+    assert torch.equal(ckpt["state_dict"]["server.item_emb"], objects["model"].server.item_emb)
     assert "generators" in ckpt
 
     offline = list((run / "wandb").glob("offline-run-*"))
