@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import warnings
 from datetime import datetime
@@ -19,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules import FederatedDataModule
-from fedshare.config import ConfigError, compose, save
+from fedshare.config import GROUPS, OVERLAYS, ConfigError, available, compose, save
 from fedshare.readers import DatasetError
 from fedshare.runtime import tune_allocator
 from lightning_modules import FedMFModule, PopularityModule
@@ -37,6 +39,10 @@ _USER_WANDB_ENV = {var: os.environ.get(var) for var in _WANDB_DIRS}
 
 class RunFolderError(RuntimeError):
     """The run folder cannot be used (it holds another run)."""
+
+
+class RunInterrupted(RuntimeError):
+    """Training was stopped before its last round (Ctrl-C)."""
 
 
 def run_dir_for(cfg: DictConfig) -> Path:
@@ -133,10 +139,12 @@ def format_table(metrics: dict[str, float], groups: list[str] | None = None) -> 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Runs fit + test for ``cfg``; returns the flat metrics and the objects used."""
     run_dir = run_dir_for(cfg)
-    if (run_dir / "config.yaml").exists():
-        # never overwrite the record of an earlier run
+    earlier = [p.name for p in (run_dir / "metrics.json", run_dir / "checkpoints") if p.exists()]
+    if earlier:
+        # never overwrite the record of an earlier run (a folder whose run failed before
+        # training, holding only its config.yaml, may be reused)
         raise RunFolderError(
-            f"{run_dir} already holds a run (config.yaml); choose another paths.output_dir, "
+            f"{run_dir} already holds a run ({', '.join(earlier)}); choose another paths.output_dir, "
             "or leave it unset for a new timestamped folder under paths.runs_root"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -174,8 +182,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         log_every_n_steps=1,
         enable_model_summary=False,
     )
+    sigint = signal.getsignal(signal.SIGINT)
     try:
-        trainer.fit(model, datamodule=dm)
+        try:
+            trainer.fit(model, datamodule=dm)
+        except SystemExit as stop:  # lightning turns Ctrl-C into a graceful stop, then exits
+            signal.signal(signal.SIGINT, sigint)  # it also left Ctrl-C ignored
+            raise RunInterrupted(
+                f"stopped by the user after {trainer.current_epoch} of {rounds} rounds; no test metrics "
+                f"were written. The last checkpoint is in {run_dir / 'checkpoints'}"
+            ) from stop
         trainer.test(model, datamodule=dm, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics = {k: metrics[k] for k in sorted(metrics) if not k.startswith("time/")}
@@ -195,6 +211,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     return metrics, {"trainer": trainer, "model": model, "datamodule": dm, "run_dir": run_dir}
 
 
+def usage() -> str:
+    lines = [__doc__.strip(), "", "Config groups (GROUP=NAME):"]
+    for group in (*GROUPS, *OVERLAYS):
+        lines.append(f"  {group:11s} {', '.join(available(group))}")
+    lines.append("Keys and their meaning: the comments in configs/config.yaml and configs/GROUP/NAME.yaml.")
+    return "\n".join(lines)
+
+
 def quiet_library_noise() -> None:
     """Silence warnings that are about library internals, not about the run."""
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
@@ -208,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_library_noise()
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in ("-h", "--help"):
-        print(__doc__)
+        print(usage())
         return 0
     try:
         cfg = compose(args)
@@ -222,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RunFolderError as err:
         print(f"run folder error: {err}", file=sys.stderr)
+        return 2
+    except RunInterrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        return 130
+    except MisconfigurationException as err:  # e.g. trainer.accelerator=gpu without a GPU
+        print(f"trainer error: {err}", file=sys.stderr)
         return 2
     return 0
 

@@ -94,8 +94,40 @@ def test_an_earlier_run_is_never_overwritten(tiny: list[str], tmp_path: Path, ca
     before = {p.name: p.read_bytes() for p in run.glob("*.json")} | {"config": (run / "config.yaml").read_bytes()}
     assert train_mod.main([*tiny, "debug=fdr", "seed=5", f"paths.output_dir={run}"]) == 2
     assert "already holds a run" in capsys.readouterr().err
+    # a folder whose run failed before training (only config.yaml) is reused
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    (failed / "config.yaml").write_text("seed: 0\n")
+    train_mod.train(compose([*tiny, "debug=fdr", f"paths.output_dir={failed}"]))
+    assert (failed / "metrics.json").exists()
     after = {p.name: p.read_bytes() for p in run.glob("*.json")} | {"config": (run / "config.yaml").read_bytes()}
     assert before == after
+
+
+def test_interrupted_run_reports_no_metrics(tiny: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pytorch_lightning.callbacks import Callback
+
+    class CtrlC(Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == 1:
+                raise KeyboardInterrupt
+
+    original = train_mod.RoundProgressBar
+    train_mod.RoundProgressBar = CtrlC  # the progress-bar slot is the one extra callback
+    try:
+        code = train_mod.main([*tiny, "fed.rounds=5", "logger=none", "trainer.enable_progress_bar=true",
+                               f"paths.output_dir={tmp_path / 'run'}"])
+    finally:
+        train_mod.RoundProgressBar = original
+    assert code == 130
+    assert "stopped by the user" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_help_lists_groups(capsys: pytest.CaptureFixture) -> None:
+    assert train_mod.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "experiment" in out and "popularity" in out and "ml-100k" in out
 
 
 def test_main_explains_a_missing_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
