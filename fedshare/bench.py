@@ -21,34 +21,27 @@ import torch
 
 from datamodules import FederatedDataModule
 from fedshare.config import ConfigError, compose
-from fedshare.federation import (
-    client_round,
-    client_round_reference,
-    cohort_data,
-    fedavg_rows,
-    plan_round,
-    sample_cohort,
-)
+from fedshare.federation import client_round, client_round_reference, cohort_data, fedavg_rows, plan_round
 from fedshare.readers import DatasetError
 from fedshare.runtime import peak_rss_mb, tune_allocator
-from fedshare.seeding import torch_generator
 
 log = logging.getLogger("fedshare.bench")
 
 
 def bench_round(cfg, repeats: int = 5, reference: bool = True) -> dict[str, Any]:
+    from fedshare.train import build_model  # the model exactly as a training run builds it
+
+    if cfg.model.name != "fedmf":
+        raise ConfigError(f"the round benchmark times FedMF rounds; model.name={cfg.model.name!r}")
     dm = FederatedDataModule(cfg)
     dm.prepare_data()
     dm.setup()
     m = cfg.model
-    indptr = torch.from_numpy(dm.train.indptr)
-    items = torch.from_numpy(dm.train.items)
-    users = sample_cohort(dm.n_users, 1.0, torch_generator(cfg.seed, "cohort"))
-    data = cohort_data(users, indptr, items)
-    init = torch_generator(cfg.seed, "init")
-    user_emb = torch.randn(dm.n_users, m.dim, generator=init) * m.init_std
-    item_emb = torch.randn(dm.n_items, m.dim, generator=init) * m.init_std
-    gen = torch_generator(cfg.seed, "round")
+    model = build_model(cfg, dm)
+    clients, server = model.clients, model.server
+    users = torch.arange(dm.n_users)  # every client in the cohort
+    data = cohort_data(users, clients.train_indptr, clients.train_items)
+    user_emb, item_emb, gen = clients.user_emb, server.item_emb, clients.round_gen
 
     def client_phase(fn: Callable, plan=None):
         t0 = time.perf_counter()
@@ -135,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     try:
         result = BENCHMARKS[name](cfg, **options)
-    except DatasetError as err:
-        print(f"data error: {err}", file=sys.stderr)
+    except (DatasetError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     print(_report(result))
     print(json.dumps(result))

@@ -11,10 +11,11 @@ Protocol boundary (DESIGN.md section 5):
 ``client_round_reference`` is the plain per-client loop with the same arithmetic, kept for
 tests and the benchmark only.
 
-How the cohort is batched: each client keeps a private copy of every item row it touches
-(its positives and its sampled negatives), so all copies live in one "pair table" with one row
-per (client, item) pair. Minibatch step ``s`` of every client runs at once: the positions of
-client ``c`` visited in step ``s`` are ``order[c][s*B:(s+1)*B]``.
+How the cohort is batched: minibatch step ``s`` of every client runs at once (the positions of
+client ``c`` visited in step ``s`` are ``order[c][s*B:(s+1)*B]``), in cache-sized pieces cut
+between clients. Each client's private copy of an item row is the row the server sent plus the
+client's own changes; only the (client, item) pairs used more than once in a round keep those
+changes in a side table, the others send their single change straight into the upload sums.
 """
 
 from __future__ import annotations
