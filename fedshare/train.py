@@ -1,7 +1,7 @@
 """Entry point: ``python -m fedshare.train [GROUP=NAME ...] [key=value ...]``.
 
 ``train(cfg)`` is the function tests and sweeps call; ``main()`` only reads ``sys.argv``.
-A run writes into its folder: ``config.yaml`` (the resolved config, written before any work),
+A run writes into its folder: ``config.yaml`` (the resolved config, written once the data has loaded, before training),
 ``metrics.json`` (flat ``{"test/recall@20": ...}``), ``checkpoints/last.ckpt`` and, with the
 W&B logger, the offline W&B run under ``wandb/``.
 """
@@ -139,23 +139,22 @@ def format_table(metrics: dict[str, float], groups: list[str] | None = None) -> 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Runs fit + test for ``cfg``; returns the flat metrics and the objects used."""
     run_dir = run_dir_for(cfg)
-    earlier = [p.name for p in (run_dir / "metrics.json", run_dir / "checkpoints") if p.exists()]
-    if earlier:
-        # never overwrite the record of an earlier run (a folder whose run failed before
-        # training, holding only its config.yaml, may be reused)
+    earlier = [p.name for p in (run_dir / "config.yaml", run_dir / "metrics.json") if p.exists()]
+    if earlier:  # never overwrite the record of an earlier run
         raise RunFolderError(
             f"{run_dir} already holds a run ({', '.join(earlier)}); choose another paths.output_dir, "
             "or leave it unset for a new timestamped folder under paths.runs_root"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save(cfg, run_dir / "config.yaml")
     tune_allocator()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
+    # data first: a missing or malformed file stops the run before its folder exists
     dm = FederatedDataModule(cfg)
     dm.prepare_data()
     dm.setup("fit")
     model = build_model(cfg, dm)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save(cfg, run_dir / "config.yaml")
     logger = build_logger(cfg, run_dir)
     if logger is not None:
         import wandb

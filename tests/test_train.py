@@ -84,7 +84,8 @@ def test_server_holds_no_unshared_interaction(tiny: list[str], tmp_path: Path) -
 def test_main_stops_on_a_config_error_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = train_mod.main(["fed.roundz=3", f"paths.output_dir={tmp_path / 'run'}"])
     assert code == 2
-    assert "fed.roundz" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "fed.roundz" in err and "cohort_fraction" in err
     assert not (tmp_path / "run").exists()
 
 
@@ -94,12 +95,7 @@ def test_an_earlier_run_is_never_overwritten(tiny: list[str], tmp_path: Path, ca
     before = {p.name: p.read_bytes() for p in run.glob("*.json")} | {"config": (run / "config.yaml").read_bytes()}
     assert train_mod.main([*tiny, "debug=fdr", "seed=5", f"paths.output_dir={run}"]) == 2
     assert "already holds a run" in capsys.readouterr().err
-    # a folder whose run failed before training (only config.yaml) is reused
-    failed = tmp_path / "failed"
-    failed.mkdir()
-    (failed / "config.yaml").write_text("seed: 0\n")
-    train_mod.train(compose([*tiny, "debug=fdr", f"paths.output_dir={failed}"]))
-    assert (failed / "metrics.json").exists()
+
     after = {p.name: p.read_bytes() for p in run.glob("*.json")} | {"config": (run / "config.yaml").read_bytes()}
     assert before == after
 
@@ -138,6 +134,21 @@ def test_main_explains_a_missing_dataset(tmp_path: Path, capsys: pytest.CaptureF
     assert code == 2
     err = capsys.readouterr().err
     assert "u.data" in err and str(tmp_path / "data" / "ml-100k") in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_main_names_file_and_line_of_a_malformed_data_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "data" / "ml-100k"
+    folder.mkdir(parents=True)
+    (folder / "u.data").write_text("1\t10\t5\t881250949\n2\t20\t4\t881250950\n3\tabc\t4\t881250951\n")
+    code = train_mod.main(
+        ["data=ml-100k", f"data.root={tmp_path / 'data'}", "logger=none", f"paths.output_dir={tmp_path / 'run'}"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "u.data" in err and "line 3" in err
+    assert not (tmp_path / "run").exists()  # no half-written run folder
 
 
 def test_real_format_end_to_end(tmp_path: Path) -> None:
