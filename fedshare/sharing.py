@@ -27,7 +27,12 @@ from fedshare.interactions import UserCSR
 POLICIES = ("fixed", "uniform", "beta", "segments")
 SELECTIONS = ("random", "recent")
 # Datasets of /work/shared/datasets whose interactions carry a time order (named in errors).
-TIMED_DATASETS = ("ml-100k (unix timestamps)", "amazon-beauty (per-user sequence order)")
+TIMED_DATASETS = (
+    "synthetic (generated times)",
+    "ml-100k and ratings.dat (unix times)",
+    "amazon-beauty (per-user sequence order)",
+    "csv with a time column",
+)
 GROUP_NAMES = ["0", "(0,0.5]", "(0.5,1)", "1"]
 
 _DEFAULTS: dict[str, Any] = {
