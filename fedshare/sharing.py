@@ -26,7 +26,7 @@ from fedshare.interactions import UserCSR
 
 POLICIES = ("fixed", "uniform", "beta", "segments")
 SELECTIONS = ("random", "recent")
-# Datasets of /work/shared/datasets whose interactions carry a time order (named in errors).
+# Sources whose interactions carry a time order (named in the error for recent selection).
 TIMED_DATASETS = (
     "synthetic (generated times)",
     "ml-100k and ratings.dat (unix times)",
