@@ -16,7 +16,7 @@ raises ``ConfigError`` naming it and listing what is accepted, before any work i
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -286,14 +286,3 @@ def save(cfg: DictConfig, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(to_yaml(cfg))
     tmp.replace(path)
-
-
-def as_overrides(pairs: Iterable[tuple[str, Any]]) -> list[str]:
-    """Helper for tests and sweeps: ``[("fed.rounds", 2)] -> ["fed.rounds=2"]``."""
-    out = []
-    for key, value in pairs:
-        text = yaml.safe_dump(value, default_flow_style=True).strip()
-        if text.endswith("\n..."):
-            text = text[: -len("\n...")]
-        out.append(f"{key}={text}")
-    return out

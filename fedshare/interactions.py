@@ -29,12 +29,6 @@ class Split:
     def __len__(self) -> int:
         return len(self.users)
 
-    @staticmethod
-    def empty(with_times: bool = False) -> Split:
-        return Split(
-            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64) if with_times else None
-        )
-
 
 @dataclass(frozen=True)
 class InteractionData:
@@ -63,8 +57,8 @@ class InteractionData:
 class UserCSR:
     """Per-user rows: the items of user ``u`` are ``items[indptr[u]:indptr[u+1]]``.
 
-    Rows are sorted by item id, so ``u * n_items + item`` is globally sorted (``keys``), which
-    makes membership tests a single ``searchsorted``.
+    Rows are sorted by item id, so ``u * n_items + item`` is globally sorted, which makes
+    membership tests a single ``searchsorted``.
     """
 
     indptr: np.ndarray  # int64, n_users + 1
@@ -85,13 +79,6 @@ class UserCSR:
         """User id of every entry (the row index expanded)."""
         return np.repeat(np.arange(self.n_users, dtype=np.int64), self.degrees)
 
-    @property
-    def keys(self) -> np.ndarray:
-        return self.users * self.n_items + self.items
-
-    def row(self, u: int) -> np.ndarray:
-        return self.items[self.indptr[u] : self.indptr[u + 1]]
-
     def select(self, mask: np.ndarray) -> UserCSR:
         """The sub-table of entries where ``mask`` is true (row order kept)."""
         users = self.users[mask]
@@ -99,9 +86,6 @@ class UserCSR:
         np.cumsum(np.bincount(users, minlength=self.n_users), out=indptr[1:])
         times = None if self.times is None else self.times[mask]
         return UserCSR(indptr, self.items[mask], times, self.n_items)
-
-    def to_split(self) -> Split:
-        return Split(self.users, self.items.copy(), None if self.times is None else self.times.copy())
 
 
 def to_csr(split: Split, n_users: int, n_items: int) -> UserCSR:
