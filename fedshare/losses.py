@@ -36,8 +36,3 @@ def bpr_grads(
         grad_pos = torch.mul(p, g, out=q_pos)
         grad_neg = torch.mul(p, g, out=q_neg).neg_()
     return grad_p, grad_pos, grad_neg, loss
-
-
-def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
-    """``mean(-log sigmoid(s+ - s-))`` (autograd version, for server-side models)."""
-    return -F.logsigmoid(pos_scores - neg_scores).mean()
