@@ -5,6 +5,7 @@ What lives where (DESIGN.md section 1):
 - ``train``: ``D_u``, each user's training interactions, held on the user's device;
 - ``shared`` / ``local``: the partition of ``D_u`` into ``S_u`` (sent to the server) and ``L_u``;
 - ``shared_edges``: ``(user, item)`` of every shared interaction: all the server may see;
+- ``share_start``: the round at which each user starts sharing (-1: never);
 - ``valid`` / ``test``: held-out interactions, never shared, used for evaluation only.
 """
 
@@ -25,6 +26,7 @@ from fedshare.interactions import InteractionData, UserCSR, to_csr
 from fedshare.seeding import numpy_generator
 from fedshare.sharing import (
     draw_ratios,
+    draw_start_rounds,
     ratio_histogram,
     realised_ratios,
     select_shared,
@@ -70,6 +72,14 @@ class FederatedDataModule(pl.LightningDataModule):
         self.local = self.train.select(~self.shared_mask)
         self.share_ratio = realised_ratios(self.train, self.shared_mask)
         self.share_group, self.group_names = share_groups(self.share_ratio)
+        # its own stream: adding late sharers never changes who shares what
+        self.share_start = draw_start_rounds(
+            cfg.sharing,
+            self.shared_mask,
+            self.train.users,
+            n_users,
+            numpy_generator(cfg.seed, "sharing-start"),
+        )
         self.data = data
         log.info(data.summary())
         log.info(
@@ -95,7 +105,9 @@ class FederatedDataModule(pl.LightningDataModule):
         return np.stack([self.shared.users, self.shared.items], axis=1)
 
     def summary(self) -> dict[str, Any]:
-        return dict(sharing_summary(self.train, self.shared_mask))
+        out = dict(sharing_summary(self.train, self.shared_mask))
+        out["n_users_late"] = int((self.share_start > 1).sum())
+        return out
 
     def _loaded(self) -> InteractionData:
         if self.data is None:

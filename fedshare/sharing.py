@@ -13,6 +13,9 @@ The config is the ``sharing`` group (``cfg.sharing``, a DictConfig or a plain di
   everything; the others are partial with a ratio in the open interval
   (``partial_low``, ``partial_high``) (floats in [0, 1], default 0, 1)
 - ``selection`` (str, default ``random``) ``random`` | ``recent``: which interactions are shared
+- ``late_fraction`` (float in [0, 1], default 0) share of the sharing users who start sharing
+  later; ``late_rounds`` ([first, last], 1-based, default [10, 30]): the round they start at is
+  drawn uniformly in that range. Everyone else shares from round 1.
 """
 
 from __future__ import annotations
@@ -41,7 +44,10 @@ _DEFAULTS: dict[str, Any] = {
     "partial_low": 0.0,
     "partial_high": 1.0,
     "selection": "random",
+    "late_fraction": 0.0,
+    "late_rounds": (10, 30),
 }
+NEVER = -1  # start round of a user who shares nothing
 
 
 def _get(cfg: Mapping[str, Any], key: str, policy: str | None = None) -> Any:
@@ -85,6 +91,19 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     selection = _get(cfg, "selection")
     if selection not in SELECTIONS:
         raise ValueError(f"sharing.selection={selection!r} is unknown; accepted: {', '.join(SELECTIONS)}")
+    _number(cfg, "late_fraction", policy)
+    late = _get(cfg, "late_rounds")
+    if (
+        isinstance(late, (str, bytes))
+        or not hasattr(late, "__len__")
+        or len(late) != 2
+        or any(isinstance(r, bool) or not isinstance(r, (int, np.integer)) for r in late)
+        or not 1 <= late[0] <= late[1]
+    ):
+        raise ValueError(
+            f"sharing.late_rounds={list(late) if hasattr(late, '__iter__') else late!r} is not accepted; "
+            "accepted: two integer rounds [first, last] with 1 <= first <= last"
+        )
     if policy == "fixed":
         _number(cfg, "ratio", policy)
     elif policy == "uniform":
@@ -242,3 +261,24 @@ def sharing_summary(train: UserCSR, shared_mask: np.ndarray) -> dict[str, float 
     for g, name in enumerate(names):
         out[f"n_users/share={name}"] = int(per_group[g])
     return out
+
+
+def draw_start_rounds(
+    cfg: Mapping[str, Any], shared_mask: np.ndarray, users: np.ndarray, n_users: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Round (1-based) at which each user's shared interactions enter the server graph.
+
+    Users who share nothing get ``NEVER`` (-1). Of the users who share, ``round(late_fraction·n)``
+    (rounded half up, picked at random) start at a round drawn uniformly in ``late_rounds``;
+    the others start at round 1. ``users`` is the user of each entry of ``shared_mask``.
+    """
+    validate_config(cfg)
+    sharing = np.bincount(np.asarray(users)[shared_mask], minlength=n_users) > 0
+    start = np.where(sharing, 1, NEVER).astype(np.int64)
+    sharers = np.flatnonzero(sharing)
+    n_late = min(int(_round_half_up(float(_get(cfg, "late_fraction")) * len(sharers))), len(sharers))
+    if n_late:
+        first, last = (int(r) for r in _get(cfg, "late_rounds"))
+        late = rng.permutation(sharers)[:n_late]
+        start[late] = rng.integers(first, last + 1, n_late)
+    return start
