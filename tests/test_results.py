@@ -1,0 +1,270 @@
+"""The results page: its numbers come from run folders; runs are subprocesses, reused, never deleted."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from fedshare import results
+from fedshare.sharing import GROUP_NAMES
+from tests.conftest import TINY
+
+# offset of each sharing group's Recall@20 from the run's overall Recall@20, so the column order shows
+OFFSET = {g: 0.01 * i for i, g in enumerate(GROUP_NAMES)}
+
+
+def _fake_run(
+    root: Path, dataset: str, method: str, seed: int, recall: float, wall_s: float | None = None
+) -> None:
+    folder = root / dataset / method / f"seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"seed: {seed}\n")
+    metrics = {"test/recall@20": recall, "test/ndcg@20": recall / 2, "test/hr@20": 0.9}
+    metrics |= {f"test/recall@20/share={g}": recall + OFFSET[g] for g in GROUP_NAMES}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    if wall_s is not None:  # the record the script leaves next to a run it made
+        record = {"returncode": 0, "wall_s": wall_s, "machine": "2 CPUs, no GPU, torch 9.9"}
+        folder.with_name(f"seed{seed}.run.json").write_text(json.dumps(record))
+
+
+def _table(page: str, heading: str) -> dict[str, list[str]]:
+    """Rows (first cell -> other cells) of the first table after the line ``heading``."""
+    lines = page.splitlines()
+    start = lines.index(heading)
+    rows, seen_table = {}, False
+    for line in lines[start + 1 :]:
+        if line.startswith("|"):
+            seen_table = True
+            cells = [c.strip() for c in line.strip("|").split(" | ")]
+            if not cells[0].startswith("---"):
+                rows[cells[0]] = cells[1:]
+        elif seen_table:
+            break
+    return rows
+
+
+@pytest.fixture
+def finished(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    for seed, r in enumerate([0.1, 0.2, 0.3]):
+        _fake_run(root, "ml-100k", "fedmf", seed, r, wall_s=10.0 * (seed + 1))
+    for seed, r in enumerate([0.25, 0.35]):  # seed 2 never finished
+        _fake_run(root, "ml-100k", "fedshare", seed, r)
+    _fake_run(root, "ml-100k", "popularity", 0, 0.05)
+    (root / "ml-100k" / "popularity" / "seed1").mkdir()  # a killed run: no metrics.json
+    for seed in range(3):  # on ml-1m FedShare does worse than FedMF
+        _fake_run(root, "ml-1m", "fedmf", seed, 0.2)
+        _fake_run(root, "ml-1m", "fedshare", seed, 0.15)
+    return root
+
+
+def test_page_from_finished_runs(finished: Path, tmp_path: Path) -> None:
+    out = tmp_path / "docs" / "RESULTS.md"
+    args = ["--datasets", "ml-100k,ml-1m", "--runs-root", str(finished), "--out", str(out), "--collect-only"]
+    assert results.main(args) == 0
+    page = out.read_text()
+
+    main = _table(page, "## ml-100k")
+    assert list(main) == ["method", *(label for label, _ in results.METHODS)]
+    assert main["FedMF"][:4] == ["0.2000 ± 0.1000", "0.1000 ± 0.0500", "n=3", "20.0 s (10.0 s to 30.0 s)"]
+    assert main["FedShare"][:4] == ["0.3000 ± 0.0707", "0.1500 ± 0.0354", "n=2 of 3 (missing seed 2)", "n/a"]
+    assert main["popularity"][:3] == ["0.0500 ±n/a", "0.0250 ±n/a", "n=1 of 3 (missing seeds 1, 2)"]
+    assert main["FedShare w/o graph"][:3] == ["—", "—", "n=0 of 3 (missing seeds 0, 1, 2)"]
+    assert main["FedMF"][4] == (
+        "`python -m fedshare.train experiment=fedmf data=ml-100k data.root=../shared/datasets seed={0,1,2}`"
+    )
+    assert main["FedShare w/o alignment"][4] == (
+        "`python -m fedshare.train experiment=fedshare model.lambda_cl=0 data=ml-100k "
+        "data.root=../shared/datasets seed={0,1,2}`"
+    )
+
+    groups = _table(page, "### ml-100k: Recall@20 by sharing group")
+    assert groups["method"] == [f"share={g}" for g in GROUP_NAMES]
+    assert groups["FedMF"] == [f"{0.2 + OFFSET[g]:.4f} ± 0.1000" for g in GROUP_NAMES]
+    assert groups["FedShare"] == [f"{0.3 + OFFSET[g]:.4f} ± 0.0707" for g in GROUP_NAMES]
+    assert list(groups) == ["method", "FedMF", "FedShare"]
+
+    assert "FedShare over FedMF: mean Recall@20 0.3000 vs 0.2000, relative gain **+50.00%**" in page
+    assert "not the same seeds" in page  # FedShare has 2 seeds, FedMF 3
+    assert "mean Recall@20 0.1500 vs 0.2000, relative gain **-25.00%**." in page  # ml-1m
+    assert _table(page, "## ml-1m")["FedShare"][0] == "0.1500 ± 0.0000"
+
+    assert "sample standard deviation (ddof=1)" in page
+    assert (
+        f"python -m fedshare.results --datasets ml-100k,ml-1m --seeds 0,1,2 --data-root ../shared/datasets "
+        f"--runs-root {finished} --out {out}" in page
+    )
+    assert "- 2 CPUs, no GPU, torch 9.9 (3 runs)" in page and "- not recorded (9 runs)" in page
+
+    data = json.loads((finished / "results.json").read_text())
+    fedmf = data["datasets"]["ml-100k"]["FedMF"]
+    assert fedmf["summary"]["test/recall@20"] == pytest.approx({"n": 3, "mean": 0.2, "std": 0.1})
+    assert data["datasets"]["ml-100k"]["popularity"]["summary"]["test/recall@20"]["std"] is None
+    assert sorted(data["datasets"]["ml-100k"]["FedShare"]["runs"]) == ["0", "1"]
+    # collect-only reads; it moves and runs nothing
+    assert (finished / "ml-100k" / "popularity" / "seed1").is_dir()
+    assert not list(finished.rglob("*incomplete*")) and not list(finished.rglob("*.log"))
+
+
+def test_unknown_method_or_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert results.main(["--methods", "FedMF,FedMFF", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "'FedMFF'" in err and all(label in err for label, _ in results.METHODS)
+    assert results.main(["--datasets", "ml-10k", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "'ml-10k'" in err and "ml-100k" in err and "synthetic" in err
+    assert results.main(["--seeds", "0,one"]) == 2
+
+
+def test_a_config_error_stops_before_any_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root, out = tmp_path / "runs", tmp_path / "RESULTS.md"
+    args = [
+        "--datasets",
+        "synthetic",
+        "--methods",
+        "popularity,FedMF",
+        "--runs-root",
+        str(root),
+        "--out",
+        str(out),
+    ]
+    assert results.main([*args, "--", "model.dim=notanumber"]) == 2
+    err = capsys.readouterr().err
+    assert "model.dim" in err and "nothing was run" in err
+    assert not root.exists() and not out.exists()
+
+
+def test_a_finished_run_of_another_command_is_not_used(finished: Path, tmp_path: Path, capsys) -> None:
+    record = {"overrides": ["experiment=fedmf", "data=ml-100k", "seed=0", "fed.rounds=2"], "returncode": 0}
+    (finished / "ml-100k" / "fedmf" / "seed0.run.json").write_text(json.dumps(record))
+    out = tmp_path / "RESULTS.md"
+    args = ["--datasets", "ml-100k", "--runs-root", str(finished), "--out", str(out), "--collect-only"]
+    assert results.main(args) == 2
+    err = capsys.readouterr().err
+    assert "ml-100k FedMF seed 0" in err and "fed.rounds=2" in err and "--runs-root" in err
+    assert not out.exists()
+
+
+def test_dry_run_prints_commands_and_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root, out = tmp_path / "runs", tmp_path / "RESULTS.md"
+    methods = [("popularity", ["experiment=popularity"]), ("MF d=8", ["experiment=fedmf", "model.dim=8"])]
+    args = ["--datasets", "synthetic", "--seeds", "3,4", "--methods", "MF d=8", "--runs-root", str(root)]
+    assert results.main([*args, "--out", str(out), "--dry-run", "--", "fed.rounds=7"], methods=methods) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert lines[1] == (
+        f"[2/2] synthetic MF d=8 seed 4 would run: python -m fedshare.train experiment=fedmf model.dim=8 "
+        f"data=synthetic seed=4 fed.rounds=7 paths.output_dir={root / 'synthetic' / 'mf-d-8' / 'seed4'} "
+        "logger=none trainer.enable_progress_bar=false"
+    )
+    assert not root.exists() and not out.exists()
+
+
+def test_a_failed_run_is_reported_and_the_others_go_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The campaign's bookkeeping, with the subprocess replaced (the real one is tested below)."""
+
+    def execute(run: results.Run) -> results.Outcome:
+        run.folder.parent.mkdir(parents=True, exist_ok=True)
+        if run.label == "popularity":
+            run.log.write_text("line 1\ndata error: no u.data\n")
+            return results.Outcome(run, "failed", "exit 2 after 0.1 s")
+        _fake_run(run.folder.parents[2], run.dataset, "fedmf", run.seed, 0.2, wall_s=1.0)
+        return results.Outcome(run, "trained", "1.0 s")
+
+    monkeypatch.setattr(results, "execute", execute)
+    root, out = tmp_path / "runs", tmp_path / "RESULTS.md"
+    args = [
+        "--datasets",
+        "synthetic",
+        "--seeds",
+        "0",
+        "--methods",
+        "popularity,FedMF",
+        "--runs-root",
+        str(root),
+    ]
+    assert results.main([*args, "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "[1/2] synthetic popularity seed 0 ... FAILED (exit 2 after 0.1 s)" in captured.out
+    assert "    data error: no u.data" in captured.out
+    assert "[2/2] synthetic FedMF seed 0 ... 1.0 s" in captured.out
+    assert "FAILED: 1 of 2 runs" in captured.err and "synthetic popularity seed 0: exit 2" in captured.err
+    main = _table(out.read_text(), "## synthetic")
+    assert main["popularity"][:3] == ["—", "—", "n=0 of 1 (missing seed 0)"]
+    assert main["FedMF"][0] == "0.2000 ±n/a"
+
+
+@pytest.mark.slow
+def test_campaign_end_to_end_reuses_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root, out = tmp_path / "runs", tmp_path / "RESULTS.md"
+    args = [
+        "--datasets",
+        "synthetic",
+        "--seeds",
+        "0,1",
+        "--methods",
+        "popularity,FedMF",
+        "--runs-root",
+        str(root),
+    ]
+    args += ["--out", str(out), "--", *TINY, "fed.rounds=2"]
+    assert results.main(args) == 0
+    first = capsys.readouterr().out
+    assert "[4/4] synthetic FedMF seed 1 ... " in first
+
+    page = out.read_text()
+    main = _table(page, "## synthetic")
+    for label, method in (("popularity", "popularity"), ("FedMF", "fedmf")):
+        recalls = []
+        for seed in (0, 1):
+            folder = root / "synthetic" / method / f"seed{seed}"
+            recalls.append(json.loads((folder / "metrics.json").read_text())["test/recall@20"])
+            assert "Run folder:" in folder.with_name(f"seed{seed}.log").read_text()
+            assert json.loads(folder.with_name(f"seed{seed}.run.json").read_text())["returncode"] == 0
+        expected = f"{statistics.fmean(recalls):.4f} ± {statistics.stdev(recalls):.4f}"
+        assert main[label][0] == expected and main[label][2] == "n=2"
+        assert main[label][4].startswith(
+            f"`python -m fedshare.train experiment={method} data=synthetic seed={{0,1}}"
+        )
+    assert "FedMF" in _table(page, "### synthetic: Recall@20 by sharing group")
+
+    # FedMF seed 1 was killed before its metrics were written; the rest is reused, not rerun
+    killed = root / "synthetic" / "fedmf" / "seed1"
+    (killed / "metrics.json").unlink()
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.suffix in (".json", ".log")}
+    assert results.main(args) == 0
+    second = capsys.readouterr().out
+    assert second.count("... reused (") == 3 and "(1 trained, 3 reused)" in second
+    assert (
+        "[4/4] synthetic FedMF seed 1: moved an unfinished attempt aside: seed1 -> seed1-incomplete-"
+        in second
+    )
+    after = {p: p.stat().st_mtime_ns for p in before if p.exists()}
+    changed = {p.relative_to(root).as_posix() for p in before if after.get(p) != before[p]}
+    assert changed == {"synthetic/fedmf/seed1.log", "synthetic/fedmf/seed1.run.json", "results.json"}
+
+    aside = sorted(p.name for p in killed.parent.glob("seed1-incomplete-*"))
+    assert len(aside) == 3 and aside[1].endswith(".log") and aside[2].endswith(".run.json")
+    assert (killed.parent / aside[0] / "config.yaml").is_file()  # the killed run, kept
+    assert (killed / "metrics.json").is_file()  # and the run made again
+    assert _table(out.read_text(), "## synthetic")["FedMF"][2] == "n=2"
+
+
+@pytest.mark.slow
+def test_a_real_failed_run_shows_its_log(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "datasets"
+    empty.mkdir()
+    root, out = tmp_path / "runs", tmp_path / "RESULTS.md"
+    args = ["--datasets", "ml-100k", "--seeds", "0", "--methods", "popularity", "--data-root", str(empty)]
+    args += ["--runs-root", str(root), "--out", str(out), "--", "data.download.url=null"]
+    assert results.main(args) == 1
+    captured = capsys.readouterr()
+    assert "[1/1] ml-100k popularity seed 0 ... FAILED (exit 2 after" in captured.out
+    assert "data error" in captured.out and "u.data" in captured.out  # the tail of the run's log
+    assert "FAILED: 1 of 1 runs" in captured.err
+    assert _table(out.read_text(), "## ml-100k")["popularity"][2] == "n=0 of 1 (missing seed 0)"
