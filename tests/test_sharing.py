@@ -220,3 +220,25 @@ def test_ratio_histogram():
     assert "n=5" in text
     assert "[0,0.1) 3" in text and "[0.5,0.6) 1" in text and "[0.9,1] 1" in text
     assert "=0: 2" in text and "=1: 1" in text
+
+
+def test_start_rounds_late_sharers_only_among_sharers() -> None:
+    from fedshare.sharing import NEVER, draw_start_rounds
+
+    users = np.repeat(np.arange(10), 3)
+    mask = np.zeros(30, dtype=bool)
+    mask[: 3 * 8] = True  # users 0..7 share, 8 and 9 do not
+    cfg = {"policy": "fixed", "ratio": 0.5, "late_fraction": 0.5, "late_rounds": [4, 6]}
+    start = draw_start_rounds(cfg, mask, users, 10, np.random.default_rng(0))
+    assert start[8] == start[9] == NEVER
+    assert (start[:8] == 1).sum() == 4 and set(start[:8][start[:8] > 1].tolist()) <= {4, 5, 6}
+    none_late = draw_start_rounds({**cfg, "late_fraction": 0.0}, mask, users, 10, np.random.default_rng(0))
+    assert (none_late[:8] == 1).all()
+
+
+@pytest.mark.parametrize("late", [[5, 2], [0, 3], [1], "soon", [1.5, 2]])
+def test_bad_late_rounds_are_named(late) -> None:
+    with pytest.raises(ValueError, match="sharing.late_rounds"):
+        from fedshare.sharing import validate_config
+
+        validate_config({"policy": "fixed", "ratio": 0.5, "late_rounds": late})
