@@ -30,7 +30,7 @@ OVERLAYS = ("experiment", "debug")
 # config file is caught as early as one on the command line.
 # (data.* and sharing.* are checked by their own modules, in validate().)
 ACCEPTED: dict[str, tuple[Any, ...]] = {
-    "model.name": ("fedmf", "popularity"),
+    "model.name": ("fedmf", "fedshare", "lightgcn", "popularity"),
     "logger.name": ("wandb", "none"),
     "logger.mode": ("offline", "online", "disabled"),
 }

@@ -20,6 +20,7 @@ changes in a side table, the others send their single change straight into the u
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -236,6 +237,7 @@ def client_round(
     reg: float,
     batch_size: int,
     chunk_rows: int = 8192,
+    after_epoch: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Upload, Tensor]:
     """Every client of the cohort runs its local epochs of BPR-SGD at once.
 
@@ -248,6 +250,10 @@ def client_round(
     one step's update: it goes straight into the upload's sums. Only pairs a client uses more
     than once (a negative drawn twice, every positive when E > 1) keep their running change in
     a side table, so the later uses see the client's updated row.
+
+    ``after_epoch(rows, clients)``, if given, runs at the end of every local epoch on the
+    private rows of the given cohort clients and returns their new rows (FedShare's alignment
+    step). It must treat clients independently: the reference calls it one client at a time.
     """
     n_epochs, n = plan.order.shape
     n_items = item_table.shape[0]
@@ -308,6 +314,8 @@ def client_round(
             # written into q_both)
             num.index_add_(0, both_items, q_both.view(2, m, -1).mul_(uw).view(2 * m, -1))
             total_loss += loss.sum()
+        if after_epoch is not None:
+            p = after_epoch(p, torch.arange(p.shape[0], device=device))
 
     den = torch.zeros(n_items, dtype=dtype, device=device)
     den.index_add_(0, data.items, client_weight.index_select(0, owner))
@@ -324,6 +332,7 @@ def client_round_reference(
     lr: float,
     reg: float,
     batch_size: int,
+    after_epoch: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Upload, Tensor]:
     """The same round as `client_round`, one client at a time, each with its own model copy."""
     n_epochs = plan.order.shape[0]
@@ -354,6 +363,8 @@ def client_round_reference(
                 q.index_add_(0, neg_items, dneg)
                 total_loss += loss.sum()
                 n_client_steps += 1
+            if after_epoch is not None:
+                p = after_epoch(p.unsqueeze(0), torch.tensor([c], device=p.device))[0]
         touched = torch.unique(torch.cat([items, plan.negatives[:, start:end].reshape(-1)]))
         new_rows[c] = p
         sent = Upload.from_rows(

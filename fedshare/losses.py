@@ -36,3 +36,28 @@ def bpr_grads(
         grad_pos = torch.mul(p, g, out=q_pos)
         grad_neg = torch.mul(p, g, out=q_neg).neg_()
     return grad_p, grad_pos, grad_neg, loss
+
+
+def info_nce(
+    anchor: Tensor, positive: Tensor, negatives: Tensor, tau: float, self_mask: Tensor | None = None
+):
+    """``-log( e^{s+/tau} / (e^{s+/tau} + sum_j e^{s_j/tau}) )`` per anchor, cosine similarities.
+
+    ``anchor``, ``positive``: ``[n, d]`` (row k's positive is ``positive[k]``); ``negatives``:
+    ``[m, d]``, a pool shared by every anchor; ``self_mask`` (``[n, m]`` bool, optional) drops
+    pool entries that are the anchor's own positive. Returns the loss per anchor ``[n]``.
+    """
+    a = F.normalize(anchor, dim=-1)
+    pos = torch.linalg.vecdot(a, F.normalize(positive, dim=-1)) / tau
+    neg = a @ F.normalize(negatives, dim=-1).T / tau
+    if self_mask is not None:
+        neg = neg.masked_fill(self_mask, float("-inf"))
+    return torch.logsumexp(torch.cat([pos.unsqueeze(1), neg], dim=1), dim=1) - pos
+
+
+def info_nce_in_batch(anchor: Tensor, positive: Tensor, tau: float) -> Tensor:
+    """InfoNCE with in-batch negatives: row k's positive is ``positive[k]``, the other rows of
+    ``positive`` are its negatives (as in SGL/SimGCL). Returns the loss per row ``[n]``."""
+    a, p = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
+    logits = a @ p.T / tau
+    return torch.logsumexp(logits, dim=1) - logits.diagonal()

@@ -73,12 +73,14 @@ class FedMFModule(RankingModule):
 
     # the round generators are part of the state: a resumed run draws what it would have
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["generators"] = {
             "server": self.server.generator_states(),
             "clients": self.clients.generator_states(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         states = checkpoint.get("generators", {})
         self.server.load_generator_states(states.get("server", {}))
         self.clients.load_generator_states(states.get("clients", {}))

@@ -80,5 +80,12 @@ class RankingModule(pl.LightningModule):
         self.test_metrics.reset()
         self.log_dict(values, batch_size=1)
 
+    # the validation history feeds metrics.json: a resumed run must keep the earlier rounds'
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = checkpoint.get("history", {"val": []})
+
     def configure_optimizers(self):
         return None  # rounds update their tables by hand (clients and server have their own steps)

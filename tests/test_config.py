@@ -8,10 +8,11 @@ from omegaconf import OmegaConf
 from fedshare.config import ConfigError, available, compose, config_dir, save
 
 
-def test_defaults_compose_to_the_fedmf_synthetic_job() -> None:
+def test_defaults_compose_to_the_fedshare_synthetic_job() -> None:
     cfg = compose()
     assert cfg.choices.data == "synthetic"
-    assert cfg.model.name == "fedmf"
+    assert cfg.model.name == "fedshare" and cfg.choices.experiment == "fedshare"
+    assert compose(["experiment=fedmf"]).model.name == "fedmf"
     assert cfg.sharing.policy == "segments"
     assert cfg.logger.name == "wandb" and cfg.logger.mode == "offline"
     assert list(cfg.eval.ks) == [10, 20]
@@ -36,6 +37,7 @@ def test_experiment_overlay_and_cli_group_wins() -> None:
     assert cfg.fed.rounds == 4
     cfg = compose(["experiment=popularity", "model=fedmf"])
     assert cfg.model.name == "fedmf"
+    assert compose(["experiment=fedmf"]).model.name == "fedmf"
 
 
 def test_debug_fdr_is_cpu_fast_dev_run_without_logger() -> None:

@@ -1,0 +1,285 @@
+"""FedShare's two sides (DESIGN.md section 2), extending FedMF's clients and server.
+
+- `FedShareClients`: FedMF clients, plus what sharing changes on the device: each client knows
+  its shared part ``S_u`` and the round it starts sharing (it uploads ``S_u`` then), and a
+  sharing client aligns its private row ``p_u`` with its global view ``z_u`` (InfoNCE) after
+  every local epoch. Ranking fuses both: ``p_u.q_i + beta * z_u.z_i``.
+- `GraphServer`: FedAvg's item table ``Q``, plus the shared graph (shared edges only, with the
+  round each entered), LightGCN layer-0 tables and the graph step: BPR on the shared edges and
+  InfoNCE aligning the graph's item views with ``Q`` (both sides move).
+
+What crosses the boundary each round: server -> clients: ``Q`` and a `ViewMessage` (views of
+the sharing cohort clients, a pool of other users' views as negatives, the item views);
+clients -> server: an `Upload` (FedAvg sums), and ``S_u`` once, when a user starts sharing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fedshare.federation import client_round, cohort_data, plan_round
+from fedshare.fedmf import FedAvgServer, FedMFClients
+from fedshare.graph import SharedGraph
+from fedshare.interactions import UserCSR
+from fedshare.lightgcn import EdgeSampler, bpr_loss
+from fedshare.losses import info_nce, info_nce_in_batch
+from fedshare.seeding import torch_generator
+
+
+@dataclass(frozen=True)
+class ViewMessage:
+    """What the server sends with ``Q``: global views from its graph.
+
+    ``users`` (sorted global ids) are the cohort clients that share, ``user_views`` their views
+    ``z_u`` (row k is user ``users[k]``'s); ``pool`` holds other sharing users' views, the
+    negatives of the alignment, and ``pool_users`` their ids (a client drops its own view);
+    ``item_views`` are the graph's item views ``z_i`` (for fused ranking).
+    """
+
+    users: Tensor
+    user_views: Tensor
+    pool: Tensor
+    pool_users: Tensor
+    item_views: Tensor
+
+    @property
+    def n_sharing(self) -> int:
+        return int(self.users.numel())
+
+
+class FedShareClients(FedMFClients):
+    def __init__(self, *args: Any, lambda_cl: float, tau: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lambda_cl, self.tau = lambda_cl, tau
+        n_users = self.user_emb.shape[0]
+        self.register_buffer("shared_indptr", torch.zeros(n_users + 1, dtype=torch.long), persistent=False)
+        self.register_buffer("shared_items", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.register_buffer("share_start", torch.full((n_users,), -1, dtype=torch.long), persistent=False)
+
+    def attach_data(self, train: UserCSR, shared: UserCSR | None = None, share_start=None) -> None:
+        super().attach_data(train)
+        if shared is not None:
+            device = self.user_emb.device
+            self.shared_indptr = torch.from_numpy(np.ascontiguousarray(shared.indptr)).to(device)
+            self.shared_items = torch.from_numpy(np.ascontiguousarray(shared.items)).to(device)
+            self.share_start = torch.as_tensor(np.asarray(share_start), dtype=torch.long).to(device)
+
+    def shares_starting(self, round_: int) -> tuple[Tensor, Tensor]:
+        """``(user, item)`` of ``S_u`` for every user who starts sharing at ``round_``."""
+        users = torch.nonzero(self.share_start == round_).squeeze(1)
+        counts = self.shared_indptr.index_select(0, users + 1) - self.shared_indptr.index_select(0, users)
+        data = cohort_data(users, self.shared_indptr, self.shared_items)
+        return torch.repeat_interleave(users, counts), data.items
+
+    def fit(self, cohort: Tensor, item_table: Tensor, views: ViewMessage | None = None):
+        """Local epochs of BPR on ``D_u``; sharing clients align ``p_u`` with ``z_u`` after each."""
+        data = cohort_data(cohort, self.train_indptr, self.train_items)
+        plan = plan_round(data, self.n_items, self.local_epochs, self.round_gen)
+        align, cl_losses = None, []
+        if views is not None and views.n_sharing and self.lambda_cl > 0:
+            align = self._aligner(cohort, views, cl_losses)
+        rows, upload, loss = client_round(
+            self.user_emb[cohort],
+            item_table,
+            data,
+            plan,
+            self.lr,
+            self.reg,
+            self.batch_size,
+            after_epoch=align,
+        )
+        self.user_emb[cohort] = rows
+        cl = torch.stack(cl_losses).mean() if cl_losses else torch.zeros(())
+        return upload, {"bpr": loss, "cl": cl}
+
+    def _aligner(self, cohort: Tensor, views: ViewMessage, losses: list[Tensor]):
+        """The alignment step: ``p_u -= lr * lambda_cl * grad InfoNCE(p_u, z_u; pool)``.
+
+        Each client's loss depends on its own row only, so the summed loss's gradient is every
+        client's own gradient (the per-client reference gives the same rows).
+        """
+        pos = torch.searchsorted(views.users, cohort).clamp_max(views.n_sharing - 1)
+        view_row = torch.where(views.users.index_select(0, pos) == cohort, pos, -1)  # per cohort client
+        step = self.lr * self.lambda_cl
+
+        def align(p: Tensor, clients: Tensor) -> Tensor:
+            rows = view_row.index_select(0, clients)
+            sel = torch.nonzero(rows >= 0).squeeze(1)
+            if sel.numel() == 0:
+                return p
+            rows = rows.index_select(0, sel)
+            with torch.enable_grad():
+                anchor = p.index_select(0, sel).detach().requires_grad_(True)
+                own = views.users.index_select(0, rows).unsqueeze(1) == views.pool_users.unsqueeze(0)
+                loss = info_nce(anchor, views.user_views.index_select(0, rows), views.pool, self.tau, own)
+                (grad,) = torch.autograd.grad(loss.sum(), anchor)
+            losses.append(loss.detach().mean())
+            return p.index_copy(0, sel, anchor.detach() - step * grad)
+
+        return align
+
+    def score(self, users: Tensor, item_table: Tensor, views: ViewMessage | None = None, beta: float = 0.0):
+        """``p_u.q_i``, plus ``beta * z_u.z_i`` for users holding a view (sharing users)."""
+        scores = self.user_emb[users] @ item_table.T
+        if views is None or beta == 0 or views.n_sharing == 0:
+            return scores
+        pos = torch.searchsorted(views.users, users).clamp_max(views.n_sharing - 1)
+        has = torch.nonzero(views.users.index_select(0, pos) == users).squeeze(1)
+        if has.numel():
+            fused = views.user_views.index_select(0, pos.index_select(0, has)) @ views.item_views.T
+            scores.index_add_(0, has, fused.mul_(beta))
+        return scores
+
+
+class GraphServer(FedAvgServer):
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int,
+        init: torch.Generator,
+        init_std: float,
+        server_lr: float,
+        cohort_fraction: float,
+        seed: int,
+        *,
+        layers: int,
+        use_graph: bool,
+        steps: int,
+        batch_size: int,
+        reg: float,
+        lambda_cl: float,
+        tau: float,
+        q_align_lr: float,
+        align_items: int,
+        cl_negatives: int,
+    ) -> None:
+        super().__init__(n_users, n_items, dim, init, init_std, server_lr, cohort_fraction, seed)
+        self.layers = layers if use_graph else 0  # no graph: layer-0 tables only (MF on shared edges)
+        self.steps, self.batch_size, self.reg = steps, batch_size, reg
+        self.lambda_cl, self.tau, self.q_align_lr = lambda_cl, tau, q_align_lr
+        self.align_items, self.cl_negatives = align_items, cl_negatives
+        table_init = torch_generator(seed, "graph-init")  # its own stream: FedMF's draws stay the same
+        self.user0 = nn.Parameter(torch.randn(n_users, dim, generator=table_init) * init_std)
+        self.item0 = nn.Parameter(torch.randn(n_items, dim, generator=table_init) * init_std)
+        self.register_buffer("user_view", torch.zeros(n_users, dim))
+        self.register_buffer("item_view", torch.zeros(n_items, dim))
+        self.graph = SharedGraph(n_users, n_items)
+        self.sampler: EdgeSampler | None = None
+        self.step_gen = torch_generator(seed, "server-step")
+        self.pool_gen = torch_generator(seed, "view-pool")
+
+    # ---- shared data -------------------------------------------------------------------------
+    def receive_shares(self, users: Tensor, items: Tensor, round_: int) -> int:
+        """Users who start sharing send ``S_u``: the edges enter the graph (and its log) now."""
+        added = self.graph.add_edges(users, items, round_)
+        if added:
+            self.sampler = None
+        return added
+
+    def _on_device(self) -> SharedGraph:
+        device = self.item_emb.device
+        if self.graph.device != device:  # the graph is no nn.Module: it moves when first used
+            self.graph = self.graph.to(device)
+        return self.graph
+
+    def sharing_users(self) -> Tensor:
+        users, _ = self._on_device().edges()
+        return torch.unique(users).to(self.item_emb.device)
+
+    # ---- the round -----------------------------------------------------------------------------
+    def views(self, cohort: Tensor | None = None, pool: bool = True) -> ViewMessage | None:
+        """Views for the sharing users of ``cohort`` (all if None); ``pool=False``: no negatives
+        (ranking needs none, and drawing them would shift the training draws)."""
+        sharing = self.sharing_users()
+        if sharing.numel() == 0:
+            return None
+        users = sharing if cohort is None else sharing[torch.isin(sharing, cohort)]
+        n_pool = min(self.cl_negatives, sharing.numel()) if pool else 0
+        pick = torch.randint(sharing.numel(), (n_pool,), generator=self.pool_gen)
+        pool_users = sharing.index_select(0, pick.to(sharing.device))
+        return ViewMessage(
+            users,
+            self.user_view.index_select(0, users),
+            self.user_view.index_select(0, pool_users),
+            pool_users,
+            self.item_view,
+        )
+
+    def configure_round(self) -> tuple[Tensor, Tensor, ViewMessage | None]:  # type: ignore[override]
+        cohort, item_table = super().configure_round()
+        return cohort, item_table, self.views(cohort)
+
+    def graph_step(self, optimizer: torch.optim.Optimizer | None) -> dict[str, float]:
+        """LightGCN-BPR on the shared edges plus ``lambda_cl * InfoNCE(z_i, Q_i)``; refreshes views."""
+        if self.graph.n_edges == 0 or optimizer is None or self.steps == 0:
+            return {}
+        if self.sampler is None:
+            self.sampler = EdgeSampler(self.graph)
+        device = self.item_emb.device
+        totals = {"bpr": 0.0, "reg": 0.0, "align": 0.0}
+        for _ in range(self.steps):
+            users, pos, neg = (t.to(device) for t in self.sampler.sample(self.batch_size, self.step_gen))
+            with torch.enable_grad():
+                user_out, item_out = self._on_device().propagate(self.user0, self.item0, self.layers)
+                bpr, l2 = bpr_loss(user_out, item_out, self.user0, self.item0, users, pos, neg, self.reg)
+                loss = bpr + l2
+                align, q_rows, items = None, None, None
+                if self.lambda_cl > 0:
+                    items = torch.unique(pos)
+                    if items.numel() > self.align_items:
+                        keep = torch.randperm(items.numel(), generator=self.step_gen)[: self.align_items]
+                        items = items.index_select(0, keep.to(device))
+                    q_rows = self.item_emb.index_select(0, items).requires_grad_(self.q_align_lr > 0)
+                    align = info_nce_in_batch(item_out.index_select(0, items), q_rows, self.tau).mean()
+                    loss = loss + self.lambda_cl * align
+                optimizer.zero_grad(set_to_none=True)
+                if q_rows is not None and q_rows.requires_grad:
+                    (q_grad,) = torch.autograd.grad(loss, q_rows, retain_graph=True)
+                    self.item_emb.index_add_(0, items, q_grad, alpha=-self.q_align_lr)
+                loss.backward()
+            optimizer.step()
+            totals["bpr"] += float(bpr.detach())
+            totals["reg"] += float(l2.detach())
+            totals["align"] += float(align.detach()) if align is not None else 0.0
+        self.refresh_views()
+        return {k: v / self.steps for k, v in totals.items()}
+
+    @torch.no_grad()
+    def refresh_views(self) -> None:
+        user_out, item_out = self._on_device().propagate(self.user0, self.item0, self.layers)
+        self.user_view.copy_(user_out)
+        self.item_view.copy_(item_out)
+
+    # ---- state ---------------------------------------------------------------------------------
+    def state(self) -> dict[str, Tensor]:
+        out = {k: v.detach() for k, v in self.named_buffers()}
+        out.update({k: v.detach() for k, v in self.named_parameters()})
+        graph = self.graph.state()
+        out.update({f"graph.{k}": v for k, v in graph.items()})
+        return out
+
+    def load_graph_state(self, state: dict[str, Tensor]) -> None:
+        self.graph = SharedGraph.from_state(
+            self.graph.n_users, self.graph.n_items, state, self.item_emb.device
+        )
+        self.sampler = None
+
+    def generator_states(self) -> dict[str, Any]:
+        return {
+            **super().generator_states(),
+            "step": self.step_gen.get_state(),
+            "pool": self.pool_gen.get_state(),
+        }
+
+    def load_generator_states(self, states: dict[str, Any]) -> None:
+        super().load_generator_states(states)
+        if "step" in states:
+            self.step_gen.set_state(states["step"])
+        if "pool" in states:
+            self.pool_gen.set_state(states["pool"])

@@ -1,0 +1,87 @@
+"""LightGCN on a `SharedGraph`: layer-0 tables, BPR on sampled edges, negatives off the graph.
+
+Used twice: by the FedShare server (its graph step on the shared edges, DESIGN.md section 2)
+and by the centralized upper bound (`LightGCNModule`, all training edges on the server). The
+loss is the one of the LightGCN paper: ``mean_k -log sigmoid(z_u.z_i - z_u.z_j)`` plus
+``reg/2 * (|e_u|^2 + |e_i|^2 + |e_j|^2) / batch`` on the layer-0 rows of the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fedshare.graph import SharedGraph
+
+
+class EdgeSampler:
+    """Uniform minibatches of a graph's edges with negatives the user has no edge to.
+
+    Built from one edge set (call `refresh` after the graph changed): the sorted keys
+    ``user * n_items + item`` answer "is (u, j) an edge?" by binary search.
+    """
+
+    def __init__(self, graph: SharedGraph) -> None:
+        self.n_items = graph.n_items
+        self.refresh(graph)
+
+    def refresh(self, graph: SharedGraph) -> None:
+        users, items = graph.edges()
+        self.users, self.items = users.cpu(), items.cpu()
+        self.keys = torch.sort(self.users * self.n_items + self.items).values
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.users.numel())
+
+    def _is_edge(self, users: Tensor, items: Tensor) -> Tensor:
+        cand = users * self.n_items + items
+        pos = torch.searchsorted(self.keys, cand).clamp_max(max(self.keys.numel() - 1, 0))
+        return self.keys.index_select(0, pos) == cand
+
+    def negatives(self, users: Tensor, generator: torch.Generator, max_tries: int = 50) -> Tensor:
+        neg = torch.randint(self.n_items, (users.numel(),), generator=generator)
+        todo = torch.nonzero(self._is_edge(users, neg)).squeeze(1)
+        for _ in range(max_tries):
+            if todo.numel() == 0:
+                break
+            neg[todo] = torch.randint(self.n_items, (todo.numel(),), generator=generator)
+            todo = todo[self._is_edge(users[todo], neg[todo])]
+        return neg  # a user linked to (almost) every item may keep a few positives as negatives
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """``batch_size`` edges drawn with replacement, and a negative item for each."""
+        idx = torch.randint(self.n_edges, (batch_size,), generator=generator)
+        users = self.users.index_select(0, idx)
+        return users, self.items.index_select(0, idx), self.negatives(users, generator)
+
+    def epoch(self, batch_size: int, generator: torch.Generator):
+        """One pass over every edge in a random order, in minibatches (the standard epoch)."""
+        perm = torch.randperm(self.n_edges, generator=generator)
+        for lo in range(0, self.n_edges, batch_size):
+            idx = perm[lo : lo + batch_size]
+            users = self.users.index_select(0, idx)
+            yield users, self.items.index_select(0, idx), self.negatives(users, generator)
+
+
+def bpr_loss(
+    user_out: Tensor,
+    item_out: Tensor,
+    user0: Tensor,
+    item0: Tensor,
+    users: Tensor,
+    pos: Tensor,
+    neg: Tensor,
+    reg: float,
+) -> tuple[Tensor, Tensor]:
+    """LightGCN's BPR loss on propagated tables and its L2 term on the layer-0 rows."""
+    zu = user_out.index_select(0, users)
+    x = torch.linalg.vecdot(zu, item_out.index_select(0, pos) - item_out.index_select(0, neg))
+    loss = -F.logsigmoid(x).mean()
+    l2 = (
+        user0.index_select(0, users).square().sum()
+        + item0.index_select(0, pos).square().sum()
+        + item0.index_select(0, neg).square().sum()
+    )
+    return loss, reg * 0.5 * l2 / users.numel()

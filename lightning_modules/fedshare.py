@@ -1,0 +1,153 @@
+"""FedShare as a LightningModule: one epoch is one federated round (DESIGN.md section 2).
+
+A round: users whose sharing starts now upload ``S_u`` (edges enter the server graph and its
+edge log) -> the server configures the round (cohort, ``Q``, views) -> the cohort's local
+epochs (BPR + alignment) -> FedAvg of item rows -> the server's graph step. The graph's Adam
+optimizer is the module's optimizer, so Lightning checkpoints its state; the graph's edges
+and edge log, the round generators and the validation history go into the checkpoint too,
+so a resumed run continues exactly where the killed one stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fedshare.fedshare_model import FedShareClients, GraphServer
+from fedshare.seeding import torch_generator
+from lightning_modules.fedmf import FedMFModule
+from lightning_modules.ranking import RankingModule
+
+
+class FedShareModule(FedMFModule):
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int = 64,
+        init_std: float = 0.1,
+        local_epochs: int = 1,
+        batch_size: int = 32,
+        lr: float = 1.0,
+        reg: float = 1e-3,
+        server_lr: float = 10.0,
+        cohort_fraction: float = 1.0,
+        seed: int = 0,
+        ks: Sequence[int] = (10, 20),
+        lambda_cl: float = 0.1,
+        tau: float = 0.2,
+        beta: float = 1.0,
+        use_graph: bool = True,
+        layers: int = 3,
+        server_steps: int = 5,
+        server_batch: int = 4096,
+        server_graph_lr: float = 0.01,
+        server_reg: float = 1e-4,
+        q_align_lr: float = 0.0,
+        align_items: int = 1024,
+        cl_negatives: int = 128,
+    ) -> None:
+        # FedMF's clients and server are built, then replaced by their FedShare extensions
+        super().__init__(
+            n_users,
+            n_items,
+            dim,
+            init_std,
+            local_epochs,
+            batch_size,
+            lr,
+            reg,
+            server_lr,
+            cohort_fraction,
+            seed,
+            ks,
+        )
+        self.save_hyperparameters()
+        self.beta = beta
+        init = torch_generator(seed, "init")  # drawn in FedMF's order: no sharing gives FedMF exactly
+        self.clients = FedShareClients(
+            n_users,
+            dim,
+            init,
+            init_std,
+            local_epochs,
+            batch_size,
+            lr,
+            reg,
+            seed,
+            lambda_cl=lambda_cl,
+            tau=tau,
+        )
+        self.server = GraphServer(
+            n_users,
+            n_items,
+            dim,
+            init,
+            init_std,
+            server_lr,
+            cohort_fraction,
+            seed,
+            layers=layers,
+            use_graph=use_graph,
+            steps=server_steps,
+            batch_size=server_batch,
+            reg=server_reg,
+            lambda_cl=lambda_cl,
+            tau=tau,
+            q_align_lr=q_align_lr,
+            align_items=align_items,
+            cl_negatives=cl_negatives,
+        )
+
+    def attach_data(self, dm) -> None:
+        RankingModule.attach_data(self, dm)  # FedMF's would hand the clients D_u only
+        self.clients.attach_data(dm.train, dm.shared, dm.share_start)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam([self.server.user0, self.server.item0], lr=self.hparams.server_graph_lr)
+
+    def training_step(self, batch: object, batch_idx: int) -> None:
+        logs = self.run_round(self.current_epoch + 1, self.optimizers().optimizer)
+        self.log_dict(logs, on_step=False, on_epoch=True, batch_size=1)
+
+    def run_round(self, round_: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """One federated round (also called by the benchmark, without a Trainer)."""
+        t0 = time.perf_counter()
+        self.server.receive_shares(*self.clients.shares_starting(round_), round_)
+        cohort, item_table, views = self.server.configure_round()
+        upload, client_losses = self.clients.fit(cohort, item_table, views)
+        t1 = time.perf_counter()
+        self.server.aggregate(upload)
+        server_losses = self.server.graph_step(optimizer)
+        t2 = time.perf_counter()
+        return {
+            "train/bpr": float(client_losses["bpr"]),
+            "train/cl": float(client_losses["cl"]),
+            "train/loss": float(client_losses["bpr"] + self.clients.lambda_cl * client_losses["cl"]),
+            "train/cohort": float(cohort.numel()),
+            "train/sharing_cohort": float(views.n_sharing if views is not None else 0),
+            "graph/edges": float(self.server.graph.n_edges),
+            "time/client_s": t1 - t0,
+            "time/server_s": t2 - t1,
+            "time/round_s": t2 - t0,
+            **{f"server/{k}": v for k, v in server_losses.items()},
+        }
+
+    def score_users(self, users: Tensor) -> Tensor:
+        return self.clients.score(users, self.server.item_emb, self.server.views(pool=False), self.beta)
+
+    def server_state(self) -> dict[str, Tensor]:
+        return self.server.state()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["server_graph"] = {k: v.cpu() for k, v in self.server.graph.state().items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "server_graph" in checkpoint:
+            self.server.load_graph_state(checkpoint["server_graph"])

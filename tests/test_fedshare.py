@@ -1,0 +1,162 @@
+"""FedShare's round: alignment equals its per-client reference, sharing-free FedShare is FedMF,
+the server sees shared edges only, late sharers join the graph on time, ablations run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedshare import train as train_mod
+from fedshare.config import compose
+from fedshare.federation import client_round, client_round_reference, cohort_data, plan_round
+from fedshare.fedshare_model import FedShareClients, ViewMessage
+from fedshare.privacy import unshared_pairs
+from fedshare.seeding import torch_generator
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _random_cohort(n_users=12, n_items=30, seed=0):
+    g = np.random.default_rng(seed)
+    indptr, items = [0], []
+    for _ in range(n_users):
+        row = np.sort(g.choice(n_items, size=int(g.integers(2, 9)), replace=False))
+        items.extend(row.tolist())
+        indptr.append(len(items))
+    return torch.tensor(indptr), torch.tensor(items)
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_alignment_round_matches_per_client_reference(epochs: int) -> None:
+    n_users, n_items, dim = 12, 30, 8
+    indptr, items = _random_cohort(n_users, n_items)
+    clients = FedShareClients(
+        n_users, dim, torch_generator(0, "init"), 0.1, epochs, 3, 0.5, 1e-3, 0, lambda_cl=0.5, tau=0.3
+    )
+    cohort = torch.arange(n_users)
+    gen = torch.Generator().manual_seed(1)
+    sharing = torch.tensor([1, 2, 5, 7, 11])
+    views = ViewMessage(
+        sharing,
+        torch.randn(5, dim, generator=gen),
+        torch.randn(4, dim, generator=gen),
+        torch.tensor([2, 3, 7, 9]),  # the pool holds two of the cohort's own views: masked
+        torch.randn(n_items, dim, generator=gen),
+    )
+    data = cohort_data(cohort, indptr, items)
+    plan = plan_round(data, n_items, epochs, gen)
+    q = torch.randn(n_items, dim, generator=gen) * 0.1
+    p0 = torch.randn(n_users, dim, generator=gen) * 0.1
+    losses: list[torch.Tensor] = []
+    align = clients._aligner(cohort, views, losses)
+    rows, up, _ = client_round(p0, q, data, plan, 0.5, 1e-3, 3, after_epoch=align)
+    ref_rows, ref_up, _ = client_round_reference(p0, q, data, plan, 0.5, 1e-3, 3, after_epoch=align)
+    torch.testing.assert_close(rows, ref_rows, atol=1e-5, rtol=0)
+    torch.testing.assert_close(up.delta_sum, ref_up.delta_sum, atol=1e-5, rtol=0)
+    # the alignment moved exactly the sharing clients' rows (compare with a round without it)
+    plain, _, _ = client_round(p0, q, data, plan, 0.5, 1e-3, 3)
+    moved = (rows - plain).abs().amax(1) > 1e-7
+    assert moved.nonzero().squeeze(1).tolist() == sharing.tolist()
+    assert losses and all(torch.isfinite(x) for x in losses)
+
+
+def test_fused_scores_only_for_users_with_views() -> None:
+    clients = FedShareClients(
+        4, 3, torch_generator(0, "init"), 0.1, 1, 2, 0.5, 0.0, 0, lambda_cl=0.1, tau=0.2
+    )
+    q = torch.randn(5, 3)
+    z_items = torch.randn(5, 3)
+    views = ViewMessage(
+        torch.tensor([1, 3]), torch.randn(2, 3), torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), z_items
+    )
+    users = torch.tensor([0, 1, 2, 3])
+    base = clients.user_emb[users] @ q.T
+    fused = clients.score(users, q, views, beta=0.5)
+    torch.testing.assert_close(fused[[0, 2]], base[[0, 2]])
+    torch.testing.assert_close(fused[[1, 3]], base[[1, 3]] + 0.5 * views.user_views @ z_items.T)
+
+
+def _run(overrides: list[str], out: Path):
+    return train_mod.train(compose([*overrides, "logger=none", f"paths.output_dir={out}"]))
+
+
+def test_no_sharing_is_exactly_fedmf(tiny: list[str], tmp_path: Path) -> None:
+    common = [*tiny, "fed.rounds=3", "eval.every=1", "sharing=fixed", "sharing.ratio=0"]
+    fedshare, objs = _run([*common, "experiment=fedshare"], tmp_path / "s")
+    fedmf, _ = _run([*common, "experiment=fedmf"], tmp_path / "m")
+    assert objs["model"].server.graph.n_edges == 0
+    shared_keys = [k for k in fedmf if k.startswith(("test/", "val/"))]
+    assert shared_keys and {k: fedshare[k] for k in shared_keys} == {k: fedmf[k] for k in shared_keys}
+
+
+def test_server_holds_only_shared_edges_and_logs_when_they_entered(tiny: list[str], tmp_path: Path) -> None:
+    overrides = [*tiny, "fed.rounds=4", "sharing.late_fraction=0.5", "sharing.late_rounds=[2,3]"]
+    _, objs = _run(overrides, tmp_path)
+    dm, model = objs["datamodule"], objs["model"]
+    state = model.server_state()
+    assert "graph.edges" in state and len(state["graph.edges"]) == len(dm.shared_edges)
+    assert unshared_pairs(state, dm.shared_edges, dm.n_items) == {}
+    # the check sees a leak in the graph itself: add a local-only pair to the server's graph
+    leak_u, leak_i = int(dm.local.users[0]), int(dm.local.items[0])
+    model.server.graph.add_edges(torch.tensor([leak_u]), torch.tensor([leak_i]), 5)
+    assert unshared_pairs(model.server_state(), dm.shared_edges, dm.n_items) == {"graph.edges": 1}
+    # edge log: every edge entered at its user's start round; late users at round 2 or 3
+    users, items = model.server.graph.edges()
+    rounds = model.server.graph.edge_rounds()
+    expected = torch.from_numpy(dm.share_start)[users]
+    expected[(users == leak_u) & (items == leak_i)] = 5  # the injected edge
+    assert torch.equal(rounds, expected)
+    late = dm.share_start[dm.share_start > 1]
+    assert len(late) > 0 and set(late.tolist()) <= {2, 3}
+
+
+@pytest.mark.parametrize("ablation", [["model.lambda_cl=0"], ["model.use_graph=false"], ["model.beta=0"]])
+def test_ablations_run_and_learn(ablation: list[str], tiny: list[str], tmp_path: Path) -> None:
+    metrics, objs = _run([*tiny, "fed.rounds=3", "eval.every=1", *ablation], tmp_path)
+    assert 0.0 < metrics["test/recall@20"] <= 1.0
+    assert objs["model"].server.graph.n_edges > 0
+
+
+def test_kill_and_resume_gives_the_uninterrupted_result(tiny: list[str], tmp_path: Path) -> None:
+    """A run SIGKILLed at the start of round 4 and resumed ends exactly like an unbroken run."""
+    common = [
+        *tiny,
+        "fed.rounds=6",
+        "eval.every=2",
+        "logger=none",
+        "sharing.late_fraction=0.5",
+        "sharing.late_rounds=[2,5]",
+        "fed.cohort_fraction=0.7",
+    ]
+    env = {**os.environ, "FEDSHARE_FAULT_KILL_AT_ROUND": "4"}
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "fedshare.train", *common, f"paths.output_dir={run}"]
+    killed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (run / "checkpoints" / "last.ckpt").exists() and not (run / "metrics.json").exists()
+    # the same command again without resume=true is refused: the folder holds a run
+    assert train_mod.main([*common, f"paths.output_dir={run}"]) == 2
+    resumed, objs = train_mod.train(compose([*common, "resume=true", f"paths.output_dir={run}"]))
+    assert objs["trainer"].current_epoch == 6
+    whole, _ = train_mod.train(compose([*common, f"paths.output_dir={tmp_path / 'whole'}"]))
+    assert set(resumed) == set(whole)
+    for key in whole:
+        assert resumed[key] == pytest.approx(whole[key], abs=1e-6), key
+
+
+def test_resume_refuses_a_changed_config_or_a_finished_run(tiny: list[str], tmp_path: Path) -> None:
+    common = [*tiny, "fed.rounds=2", "logger=none", f"paths.output_dir={tmp_path}"]
+    with pytest.raises(train_mod.RunFolderError, match="missing"):
+        train_mod.train(compose([*common, "resume=true"]))
+    train_mod.train(compose(common))
+    with pytest.raises(train_mod.RunFolderError, match="finished"):
+        train_mod.train(compose([*common, "resume=true"]))
+    (tmp_path / "metrics.json").unlink()
+    with pytest.raises(train_mod.RunFolderError, match="model.lambda_cl"):
+        train_mod.train(compose([*common, "resume=true", "model.lambda_cl=0.5"]))
