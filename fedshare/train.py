@@ -24,10 +24,12 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules import FederatedDataModule
+from fedshare.checkpoints import AtomicCheckpointIO, LastCheckpoint
 from fedshare.config import GROUPS, OVERLAYS, ConfigError, available, compose, save
+from fedshare.faults import fault_callbacks
 from fedshare.readers import DatasetError
 from fedshare.runtime import tune_allocator
-from lightning_modules import FedMFModule, PopularityModule
+from lightning_modules import FedMFModule, FedShareModule, LightGCNModule, PopularityModule
 from lightning_modules.progress import RoundProgressBar
 
 log = logging.getLogger("fedshare")
@@ -57,6 +59,52 @@ def run_dir_for(cfg: DictConfig) -> Path:
     return path
 
 
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from (``resume=true``), or None for a new run.
+
+    A new run never reuses a folder that holds a run. A resumed run needs the folder of an
+    unfinished run (config.yaml and checkpoints/last.ckpt, no metrics.json) and the same
+    config, except ``resume`` itself: a changed setting would make the result a mix of two runs.
+    """
+    config, metrics = run_dir / "config.yaml", run_dir / "metrics.json"
+    if not cfg.resume:
+        earlier = [p.name for p in (config, metrics) if p.exists()]
+        if earlier:  # never overwrite the record of an earlier run
+            raise RunFolderError(
+                f"{run_dir} already holds a run ({', '.join(earlier)}); choose another paths.output_dir, "
+                "leave it unset for a new timestamped folder under paths.runs_root, or pass resume=true "
+                "to continue an unfinished run"
+            )
+        return None
+    if not cfg.paths.output_dir:
+        raise RunFolderError("resume=true needs paths.output_dir=FOLDER, the folder of the run to continue")
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if metrics.exists():
+        raise RunFolderError(f"{run_dir} holds a finished run (metrics.json); there is nothing to resume")
+    if not config.exists() or not ckpt.exists():
+        missing = [str(p) for p in (config, ckpt) if not p.exists()]
+        raise RunFolderError(f"cannot resume {run_dir}: missing {', '.join(missing)}")
+    saved = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
+    now = OmegaConf.to_container(cfg, resolve=True)
+    saved.pop("resume", None), now.pop("resume", None)
+    changed = sorted(_diff(saved, now))
+    if changed:
+        raise RunFolderError(
+            f"cannot resume {run_dir}: the config differs from its config.yaml at {', '.join(changed[:10])}; "
+            "resume with the run's own settings"
+        )
+    return ckpt
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in set(a) | set(b):
+            out += _diff(a.get(key, "<absent>"), b.get(key, "<absent>"), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
 def build_model(cfg: DictConfig, dm: FederatedDataModule) -> pl.LightningModule:
     m = cfg.model
     if m.name == "popularity":
@@ -76,8 +124,50 @@ def build_model(cfg: DictConfig, dm: FederatedDataModule) -> pl.LightningModule:
             seed=cfg.seed,
             ks=list(cfg.eval.ks),
         )
+    elif m.name == "fedshare":
+        model = FedShareModule(
+            dm.n_users,
+            dm.n_items,
+            dim=m.dim,
+            init_std=m.init_std,
+            local_epochs=m.local_epochs,
+            batch_size=m.batch_size,
+            lr=m.lr,
+            reg=m.reg,
+            server_lr=m.server_lr,
+            cohort_fraction=cfg.fed.cohort_fraction,
+            seed=cfg.seed,
+            ks=list(cfg.eval.ks),
+            lambda_cl=m.lambda_cl,
+            tau=m.tau,
+            beta=m.beta,
+            use_graph=m.use_graph,
+            layers=m.layers,
+            server_steps=m.server_steps,
+            server_batch=m.server_batch,
+            server_graph_lr=m.server_graph_lr,
+            server_reg=m.server_reg,
+            q_align_lr=m.q_align_lr,
+            align_items=m.align_items,
+            cl_negatives=m.cl_negatives,
+        )
+    elif m.name == "lightgcn":
+        model = LightGCNModule(
+            dm.n_users,
+            dm.n_items,
+            dim=m.dim,
+            layers=m.layers,
+            lr=m.lr,
+            reg=m.reg,
+            batch_size=m.batch_size,
+            init_std=m.init_std,
+            seed=cfg.seed,
+            ks=list(cfg.eval.ks),
+        )
     else:  # compose() validates model.name; this guards a new name added there but not here
-        raise ConfigError(f"model.name={m.name!r} has no module; accepted: fedmf, popularity")
+        raise ConfigError(
+            f"model.name={m.name!r} has no module; accepted: fedmf, fedshare, lightgcn, popularity"
+        )
     model.attach_data(dm)
     return model
 
@@ -139,12 +229,7 @@ def format_table(metrics: dict[str, float], groups: list[str] | None = None) -> 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Runs fit + test for ``cfg``; returns the flat metrics and the objects used."""
     run_dir = run_dir_for(cfg)
-    earlier = [p.name for p in (run_dir / "config.yaml", run_dir / "metrics.json") if p.exists()]
-    if earlier:  # never overwrite the record of an earlier run
-        raise RunFolderError(
-            f"{run_dir} already holds a run ({', '.join(earlier)}); choose another paths.output_dir, "
-            "or leave it unset for a new timestamped folder under paths.runs_root"
-        )
+    resume_from = resume_checkpoint(cfg, run_dir)
     tune_allocator()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -154,7 +239,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     dm.setup("fit")
     model = build_model(cfg, dm)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save(cfg, run_dir / "config.yaml")
+    if resume_from is None:
+        save(cfg, run_dir / "config.yaml")
+    else:
+        log.info("resuming %s from %s", run_dir, resume_from)
     logger = build_logger(cfg, run_dir)
     if logger is not None:
         import wandb
@@ -162,9 +250,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         logger.log_hyperparams({f"sharing/{k}": v for k, v in dm.summary().items()})
         logger.experiment.log({"sharing/ratio": wandb.Histogram(dm.share_ratio.tolist())})
 
-    checkpoint = pl.callbacks.ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1
-    )
+    checkpoint = LastCheckpoint(run_dir / "checkpoints")
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     rounds = int(cfg.fed.rounds)
     every = max(1, int(cfg.eval.every))
@@ -176,7 +262,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         check_val_every_n_epoch=every,
         num_sanity_val_steps=0,
         logger=logger if logger is not None else False,
-        callbacks=[checkpoint, *([RoundProgressBar()] if tcfg["enable_progress_bar"] else [])],
+        callbacks=[
+            checkpoint,
+            *([RoundProgressBar()] if tcfg["enable_progress_bar"] else []),
+            *fault_callbacks(),
+        ],
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
         log_every_n_steps=1,
         enable_model_summary=False,
@@ -184,7 +275,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     sigint = signal.getsignal(signal.SIGINT)
     try:
         try:
-            trainer.fit(model, datamodule=dm)
+            trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
         except SystemExit as stop:  # lightning turns Ctrl-C into a graceful stop, then exits
             signal.signal(signal.SIGINT, sigint)  # it also left Ctrl-C ignored
             raise RunInterrupted(
