@@ -1,8 +1,13 @@
 """Benchmarks: ``python -m fedshare.bench NAME [GROUP=NAME ...] [key=value ...]``.
 
-``round``: the client phase of one FedMF round with every client in the cohort (negative
-sampling, shuffling and the local epochs), vectorized and per-client reference on the same
-inputs in the same process; also checks that both give the same parameters.
+``round``: one round with every client in the cohort. FedMF (``experiment=fedmf``): the client
+phase (negative sampling, shuffling and the local epochs), vectorized and per-client reference
+on the same inputs in the same process; also checks that both give the same parameters.
+FedShare (the default): whole rounds as training runs them (shares, cohort, client phase with
+alignment, FedAvg, server graph step): ``round_s``, ``client_s``, ``server_s``.
+
+``eval``: full-ranking evaluation (score all items, mask history, top-K, metrics) of every
+user with held-out items, as the test stage runs it: ``eval_s``.
 
 Every benchmark prints a human-readable report and, as its last line, one JSON object.
 """
@@ -31,8 +36,13 @@ log = logging.getLogger("fedshare.bench")
 def bench_round(cfg, repeats: int = 5, reference: bool = True) -> dict[str, Any]:
     from fedshare.train import build_model  # the model exactly as a training run builds it
 
+    if cfg.model.name == "fedshare":
+        return bench_fedshare_round(cfg, repeats)
     if cfg.model.name != "fedmf":
-        raise ConfigError(f"the round benchmark times FedMF rounds; model.name={cfg.model.name!r}")
+        raise ConfigError(
+            f"the round benchmark times FedMF or FedShare rounds; model.name={cfg.model.name!r} "
+            "(use experiment=fedmf or experiment=fedshare)"
+        )
     dm = FederatedDataModule(cfg)
     dm.prepare_data()
     dm.setup()
@@ -86,6 +96,82 @@ def bench_round(cfg, repeats: int = 5, reference: bool = True) -> dict[str, Any]
     return result
 
 
+def _setup(cfg):
+    from fedshare.train import build_model  # the model exactly as a training run builds it
+
+    dm = FederatedDataModule(cfg)
+    dm.prepare_data()
+    dm.setup()
+    return dm, build_model(cfg, dm)
+
+
+def bench_fedshare_round(cfg, repeats: int = 5) -> dict[str, Any]:
+    """Whole FedShare rounds 1..repeats+1 (the first one, which also fills the graph, is warm-up)."""
+    if cfg.fed.cohort_fraction != 1.0:
+        log.warning("fed.cohort_fraction=%s: the benchmark times partial cohorts", cfg.fed.cohort_fraction)
+    dm, model = _setup(cfg)
+    optimizer = model.configure_optimizers()
+    rounds = [model.run_round(r, optimizer) for r in range(1, repeats + 2)]
+    timed = rounds[1:]
+    m = cfg.model
+    return {
+        "benchmark": "round",
+        "model": "fedshare",
+        "dataset": cfg.data.name,
+        "clients": int(timed[-1]["train/cohort"]),
+        "sharing_clients": int(timed[-1]["train/sharing_cohort"]),
+        "shared_edges": int(timed[-1]["graph/edges"]),
+        "interactions": int(dm.train.items.size),
+        "local_epochs": int(m.local_epochs),
+        "dim": int(m.dim),
+        "layers": int(m.layers) if m.use_graph else 0,
+        "server_steps": int(m.server_steps),
+        "server_batch": int(m.server_batch),
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "round_s": statistics.median(r["time/round_s"] for r in timed),
+        "client_s": statistics.median(r["time/client_s"] for r in timed),
+        "server_s": statistics.median(r["time/server_s"] for r in timed),
+        "round_all_s": [round(r["time/round_s"], 4) for r in timed],
+        "warmup_round_s": rounds[0]["time/round_s"],
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def bench_eval(cfg, repeats: int = 3, reference: bool = False) -> dict[str, Any]:
+    """The test stage's evaluation of every user with test items (the untrained model scores)."""
+    dm, model = _setup(cfg)
+    if hasattr(model, "run_round"):  # one round first: FedShare's fused ranking needs the graph views
+        model.run_round(1, model.configure_optimizers())
+    if hasattr(model, "_refresh"):
+        model._refresh()
+    users = torch.from_numpy(dm.test.degrees.nonzero()[0])
+    size = int(cfg.eval.batch_users)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for lo in range(0, users.numel(), size):
+            model._evaluate(users[lo : lo + size], "test", ("train", "valid"), model.test_metrics)
+        values = model.test_metrics.compute()
+        model.test_metrics.reset()
+        times.append(time.perf_counter() - t0)
+    return {
+        "benchmark": "eval",
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+        "users": int(users.numel()),
+        "items": dm.n_items,
+        "batch_users": size,
+        "ks": list(cfg.eval.ks),
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "eval_s": statistics.median(times),
+        "eval_all_s": [round(t, 4) for t in times],
+        f"recall@{max(cfg.eval.ks)}": float(values[f"recall@{max(cfg.eval.ks)}"]),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
 def _report(result: dict[str, Any]) -> str:
     lines = [f"{result['benchmark']} on {result['dataset']}:"]
     for key, value in result.items():
@@ -95,7 +181,7 @@ def _report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-BENCHMARKS = {"round": bench_round}
+BENCHMARKS = {"round": bench_round, "eval": bench_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,12 @@ from fedshare import bench
 from tests.conftest import TINY
 
 
-def test_round_benchmark_prints_json_last(capsys: pytest.CaptureFixture) -> None:
-    code = bench.main(["round", *TINY, "bench.repeats=2"])
+def _last_json(capsys: pytest.CaptureFixture) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_fedmf_round_benchmark_prints_json_last(capsys: pytest.CaptureFixture) -> None:
+    code = bench.main(["round", "experiment=fedmf", *TINY, "bench.repeats=2"])
     assert code == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)
@@ -20,6 +24,24 @@ def test_round_benchmark_prints_json_last(capsys: pytest.CaptureFixture) -> None
     assert result["clients"] == 60 and result["repeats"] == 2
     # both implementations trained the same parameters
     assert result["max_abs_diff_user_rows"] < 1e-5 and result["max_abs_diff_item_table"] < 1e-5
+
+
+def test_fedshare_round_benchmark_times_whole_rounds(capsys: pytest.CaptureFixture) -> None:
+    assert bench.main(["round", *TINY, "bench.repeats=2"]) == 0
+    result = _last_json(capsys)
+    assert result["model"] == "fedshare" and result["clients"] == 60 and result["shared_edges"] > 0
+    for key in ("round_s", "client_s", "server_s", "peak_rss_mb"):
+        assert result[key] > 0
+    assert result["client_s"] + result["server_s"] <= result["round_s"] * 1.01
+    assert len(result["round_all_s"]) == 2
+
+
+@pytest.mark.parametrize("experiment", ["fedshare", "lightgcn_central"])
+def test_eval_benchmark_scores_every_test_user(experiment: str, capsys: pytest.CaptureFixture) -> None:
+    assert bench.main(["eval", f"experiment={experiment}", *TINY, "bench.repeats=1"]) == 0
+    result = _last_json(capsys)
+    assert result["eval_s"] > 0 and result["peak_rss_mb"] > 0
+    assert result["users"] > 50 and 0 <= result["recall@20"] <= 1
 
 
 def test_unknown_benchmark_or_option(capsys: pytest.CaptureFixture) -> None:
