@@ -204,7 +204,7 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def format_table(metrics: dict[str, float], groups: list[str] | None = None) -> str:
+def group_rows(metrics: dict[str, float], groups: list[str] | None = None) -> tuple[list[str], list[list]]:
     """Test metrics as rows (all users, then each sharing group) x columns (metric@K)."""
     rows: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
@@ -212,17 +212,22 @@ def format_table(metrics: dict[str, float], groups: list[str] | None = None) -> 
             continue
         name, _, group = key[len("test/") :].partition("/")
         rows.setdefault(group or "all users", {})[name] = value
-    if not rows:
-        return "(no test metrics)"
     order = ["all users"] + [f"share={g}" for g in groups or []]
     names = sorted(rows, key=lambda r: order.index(r) if r in order else len(order))
     cols = sorted(
         {c for r in rows.values() for c in r}, key=lambda c: (c.split("@")[0], int(c.split("@")[1]))
     )
-    width = max(len(r) for r in rows) + 2
+    return cols, [[name, *(rows[name].get(c, math.nan) for c in cols)] for name in names]
+
+
+def format_table(metrics: dict[str, float], groups: list[str] | None = None) -> str:
+    cols, rows = group_rows(metrics, groups)
+    if not rows:
+        return "(no test metrics)"
+    width = max(len(r[0]) for r in rows) + 2
     lines = ["".ljust(width) + "".join(c.rjust(11) for c in cols)]
-    for name in names:
-        lines.append(name.ljust(width) + "".join(f"{rows[name].get(c, math.nan):11.4f}" for c in cols))
+    for name, *values in rows:
+        lines.append(name.ljust(width) + "".join(f"{v:11.4f}" for v in values))
     return "\n".join(lines)
 
 
@@ -289,7 +294,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             metrics.update({k: v for k, v in model.history["val"][-1].items() if k != "round"})
         _write_json(run_dir / "metrics.json", metrics)
         if logger is not None:
+            import wandb
+
             logger.experiment.summary.update(metrics)
+            columns, rows = group_rows(metrics, dm.group_names)
+            logger.experiment.log(
+                {"test/by_share_group": wandb.Table(columns=["users", *columns], data=rows)}
+            )
     finally:
         if logger is not None:
             import wandb

@@ -16,7 +16,9 @@ from fedshare.privacy import unshared_pairs
 
 
 @pytest.mark.parametrize("experiment", [None, *available("experiment")])
-def test_every_experiment_runs_under_fast_dev_run(experiment: str | None, tiny: list[str], tmp_path: Path) -> None:
+def test_every_experiment_runs_under_fast_dev_run(
+    experiment: str | None, tiny: list[str], tmp_path: Path
+) -> None:
     overrides = [*tiny, "debug=fdr", f"paths.output_dir={tmp_path / 'run'}"]
     if experiment:
         overrides.append(f"experiment={experiment}")
@@ -52,6 +54,21 @@ def test_a_run_writes_config_metrics_checkpoint_and_offline_wandb(
     offline = list((run / "wandb").glob("offline-run-*"))
     assert offline, "the W&B run must be written, offline, inside the run folder"
     assert not any(_isolated_home.rglob("*wandb*")), "W&B wrote into the home folder"
+    # per round: losses by term, validation, shared edges, client/server time; at the end the group table
+    blob = b"".join(p.read_bytes() for p in offline[0].glob("*.wandb"))
+    for key in (
+        "train/bpr",
+        "train/cl",
+        "server/bpr",
+        "server/align",
+        "graph/edges",
+        "time/client_s",
+        "time/server_s",
+        "val/recall@20",
+        "test/by_share_group",
+        "sharing/ratio",
+    ):
+        assert key.encode() in blob, key
 
 
 def test_same_seed_same_metrics(tiny: list[str], tmp_path: Path) -> None:
@@ -67,12 +84,16 @@ def test_fedmf_learns_more_than_popularity(tmp_path: Path) -> None:
     """On the synthetic default (communities), a trained FedMF must beat ranking by popularity."""
     common = ["logger=none", "trainer.enable_progress_bar=false", "eval.every=1000"]
     fedmf, _ = train_mod.train(compose([*common, "fed.rounds=25", f"paths.output_dir={tmp_path / 'f'}"]))
-    pop, _ = train_mod.train(compose([*common, "experiment=popularity", f"paths.output_dir={tmp_path / 'p'}"]))
+    pop, _ = train_mod.train(
+        compose([*common, "experiment=popularity", f"paths.output_dir={tmp_path / 'p'}"])
+    )
     assert fedmf["test/recall@20"] > 1.3 * pop["test/recall@20"]
 
 
 def test_server_holds_no_unshared_interaction(tiny: list[str], tmp_path: Path) -> None:
-    _, objects = train_mod.train(compose([*tiny, "fed.rounds=1", "logger=none", f"paths.output_dir={tmp_path}"]))
+    _, objects = train_mod.train(
+        compose([*tiny, "fed.rounds=1", "logger=none", f"paths.output_dir={tmp_path}"])
+    )
     dm, model = objects["datamodule"], objects["model"]
     assert unshared_pairs(model.server_state(), dm.shared_edges, dm.n_items) == {}
     # the check itself must catch a leak: a store holding local-only pairs
@@ -90,18 +111,26 @@ def test_main_stops_on_a_config_error_before_any_work(tmp_path: Path, capsys: py
     assert not (tmp_path / "run").exists()
 
 
-def test_an_earlier_run_is_never_overwritten(tiny: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_an_earlier_run_is_never_overwritten(
+    tiny: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     run = tmp_path / "run"
     train_mod.train(compose([*tiny, "debug=fdr", f"paths.output_dir={run}"]))
-    before = {p.name: p.read_bytes() for p in run.glob("*.json")} | {"config": (run / "config.yaml").read_bytes()}
+    before = {p.name: p.read_bytes() for p in run.glob("*.json")} | {
+        "config": (run / "config.yaml").read_bytes()
+    }
     assert train_mod.main([*tiny, "debug=fdr", "seed=5", f"paths.output_dir={run}"]) == 2
     assert "already holds a run" in capsys.readouterr().err
 
-    after = {p.name: p.read_bytes() for p in run.glob("*.json")} | {"config": (run / "config.yaml").read_bytes()}
+    after = {p.name: p.read_bytes() for p in run.glob("*.json")} | {
+        "config": (run / "config.yaml").read_bytes()
+    }
     assert before == after
 
 
-def test_interrupted_run_reports_no_metrics(tiny: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_interrupted_run_reports_no_metrics(
+    tiny: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from pytorch_lightning.callbacks import Callback
 
     class CtrlC(Callback):
@@ -112,8 +141,15 @@ def test_interrupted_run_reports_no_metrics(tiny: list[str], tmp_path: Path, cap
     original = train_mod.RoundProgressBar
     train_mod.RoundProgressBar = CtrlC  # the progress-bar slot is the one extra callback
     try:
-        code = train_mod.main([*tiny, "fed.rounds=5", "logger=none", "trainer.enable_progress_bar=true",
-                               f"paths.output_dir={tmp_path / 'run'}"])
+        code = train_mod.main(
+            [
+                *tiny,
+                "fed.rounds=5",
+                "logger=none",
+                "trainer.enable_progress_bar=true",
+                f"paths.output_dir={tmp_path / 'run'}",
+            ]
+        )
     finally:
         train_mod.RoundProgressBar = original
     assert code == 130
@@ -129,8 +165,13 @@ def test_help_lists_groups(capsys: pytest.CaptureFixture) -> None:
 
 def test_main_explains_a_missing_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = train_mod.main(
-        ["data=ml-100k", f"data.root={tmp_path / 'data'}", "data.download.url=null", "logger=none",
-         f"paths.output_dir={tmp_path / 'run'}"]
+        [
+            "data=ml-100k",
+            f"data.root={tmp_path / 'data'}",
+            "data.download.url=null",
+            "logger=none",
+            f"paths.output_dir={tmp_path / 'run'}",
+        ]
     )
     assert code == 2
     err = capsys.readouterr().err
@@ -138,12 +179,19 @@ def test_main_explains_a_missing_dataset(tmp_path: Path, capsys: pytest.CaptureF
     assert not (tmp_path / "run").exists()
 
 
-def test_main_names_file_and_line_of_a_malformed_data_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_main_names_file_and_line_of_a_malformed_data_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     folder = tmp_path / "data" / "ml-100k"
     folder.mkdir(parents=True)
     (folder / "u.data").write_text("1\t10\t5\t881250949\n2\t20\t4\t881250950\n3\tabc\t4\t881250951\n")
     code = train_mod.main(
-        ["data=ml-100k", f"data.root={tmp_path / 'data'}", "logger=none", f"paths.output_dir={tmp_path / 'run'}"]
+        [
+            "data=ml-100k",
+            f"data.root={tmp_path / 'data'}",
+            "logger=none",
+            f"paths.output_dir={tmp_path / 'run'}",
+        ]
     )
     assert code == 2
     err = capsys.readouterr().err.strip()
@@ -163,8 +211,14 @@ def test_real_format_end_to_end(tmp_path: Path) -> None:
             f_train.write(" ".join(map(str, [u, *items[:9]])) + "\n")
             f_test.write(" ".join(map(str, [u, *items[9:]])) + "\n")
     overrides = [
-        "data=gowalla", "data.name=toy", f"data.root={tmp_path / 'data'}", "data.download.url=null",
-        "data.download.sha256=null", "logger=none", "fed.rounds=2", "trainer.enable_progress_bar=false",
+        "data=gowalla",
+        "data.name=toy",
+        f"data.root={tmp_path / 'data'}",
+        "data.download.url=null",
+        "data.download.sha256=null",
+        "logger=none",
+        "fed.rounds=2",
+        "trainer.enable_progress_bar=false",
         f"paths.output_dir={tmp_path / 'run'}",
     ]
     metrics, objects = train_mod.train(compose(overrides))
