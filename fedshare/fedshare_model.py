@@ -53,13 +53,18 @@ class ViewMessage:
 
 
 class FedShareClients(FedMFClients):
-    def __init__(self, *args: Any, lambda_cl: float, tau: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, lambda_cl: float, tau: float, share_weighted: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.lambda_cl, self.tau = lambda_cl, tau
+        self.lambda_cl, self.tau, self.share_weighted = lambda_cl, tau, share_weighted
         n_users = self.user_emb.shape[0]
         self.register_buffer("shared_indptr", torch.zeros(n_users + 1, dtype=torch.long), persistent=False)
         self.register_buffer("shared_items", torch.zeros(0, dtype=torch.long), persistent=False)
         self.register_buffer("share_start", torch.full((n_users,), -1, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "weight", torch.ones(n_users), persistent=False
+        )  # lambda_u / lambda, beta_u / beta
 
     def attach_data(self, train: UserCSR, shared: UserCSR | None = None, share_start=None) -> None:
         super().attach_data(train)
@@ -68,6 +73,9 @@ class FedShareClients(FedMFClients):
             self.shared_indptr = torch.from_numpy(np.ascontiguousarray(shared.indptr)).to(device)
             self.shared_items = torch.from_numpy(np.ascontiguousarray(shared.items)).to(device)
             self.share_start = torch.as_tensor(np.asarray(share_start), dtype=torch.long).to(device)
+            if self.share_weighted:  # each user weighs the global view by its own sharing ratio |S_u|/|D_u|
+                n_shared = self.shared_indptr.diff().to(self.weight.dtype)
+                self.weight = n_shared / self.train_indptr.diff().clamp_min(1).to(self.weight.dtype)
 
     def shares_starting(self, round_: int) -> tuple[Tensor, Tensor]:
         """``(user, item)`` of ``S_u`` for every user who starts sharing at ``round_``."""
@@ -119,12 +127,16 @@ class FedShareClients(FedMFClients):
                 loss = info_nce(anchor, views.user_views.index_select(0, rows), views.pool, self.tau, own)
                 (grad,) = torch.autograd.grad(loss.sum(), anchor)
             losses.append(loss.detach().mean())
-            return p.index_copy(0, sel, anchor.detach() - step * grad)
+            w = self.weight.index_select(0, views.users.index_select(0, rows)).unsqueeze(1)
+            return p.index_copy(0, sel, anchor.detach() - step * w * grad)
 
         return align
 
     def score(self, users: Tensor, item_table: Tensor, views: ViewMessage | None = None, beta: float = 0.0):
-        """``p_u.q_i``, plus ``beta * z_u.z_i`` for users holding a view (sharing users)."""
+        """``p_u.q_i``, plus ``beta_u * z_u.z_i`` for users holding a view (sharing users).
+
+        ``beta_u = beta``, or ``beta * |S_u|/|D_u|`` with ``share_weighted`` (likewise the
+        alignment's ``lambda_u``): a user who shares little has a thin global view."""
         scores = self.user_emb[users] @ item_table.T
         if views is None or beta == 0 or views.n_sharing == 0:
             return scores
@@ -132,7 +144,8 @@ class FedShareClients(FedMFClients):
         has = torch.nonzero(views.users.index_select(0, pos) == users).squeeze(1)
         if has.numel():
             fused = views.user_views.index_select(0, pos.index_select(0, has)) @ views.item_views.T
-            scores.index_add_(0, has, fused.mul_(beta))
+            w = self.weight.index_select(0, users.index_select(0, has)).unsqueeze(1)
+            scores.index_add_(0, has, fused.mul_(w * beta))
         return scores
 
 
@@ -158,8 +171,10 @@ class GraphServer(FedAvgServer):
         q_align_lr: float,
         align_items: int,
         cl_negatives: int,
+        align_graph: bool = True,
     ) -> None:
         super().__init__(n_users, n_items, dim, init, init_std, server_lr, cohort_fraction, seed)
+        self.align_graph = align_graph
         self.layers = layers if use_graph else 0  # no graph: layer-0 tables only (MF on shared edges)
         self.steps, self.batch_size, self.reg = steps, batch_size, reg
         self.lambda_cl, self.tau, self.q_align_lr = lambda_cl, tau, q_align_lr
@@ -236,7 +251,10 @@ class GraphServer(FedAvgServer):
                         keep = torch.randperm(items.numel(), generator=self.step_gen)[: self.align_items]
                         items = items.index_select(0, keep.to(device))
                     q_rows = self.item_emb.index_select(0, items).requires_grad_(self.q_align_lr > 0)
-                    align = info_nce_in_batch(item_out.index_select(0, items), q_rows, self.tau).mean()
+                    z_rows = item_out.index_select(0, items)
+                    if not self.align_graph:  # only Q moves toward the graph's views
+                        z_rows = z_rows.detach()
+                    align = info_nce_in_batch(z_rows, q_rows, self.tau).mean()
                     loss = loss + self.lambda_cl * align
                 optimizer.zero_grad(set_to_none=True)
                 if q_rows is not None and q_rows.requires_grad:

@@ -98,7 +98,9 @@ def to_csr(split: Split, n_users: int, n_items: int) -> UserCSR:
     return UserCSR(indptr, split.items[order].astype(np.int64), times, n_items)
 
 
-def gather_rows(indptr: torch.Tensor, items: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_rows(
+    indptr: torch.Tensor, items: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR rows ``rows`` as (new indptr, concatenated entries), vectorized, on their device."""
     starts = indptr[rows]
     counts = indptr[rows + 1] - starts

@@ -150,6 +150,9 @@ def build_model(cfg: DictConfig, dm: FederatedDataModule) -> pl.LightningModule:
             q_align_lr=m.q_align_lr,
             align_items=m.align_items,
             cl_negatives=m.cl_negatives,
+            share_weighted=m.share_weighted,
+            lambda_item=m.lambda_item,
+            align_graph=m.align_graph,
         )
     elif m.name == "lightgcn":
         model = LightGCNModule(

@@ -38,18 +38,21 @@ class FedShareModule(FedMFModule):
         cohort_fraction: float = 1.0,
         seed: int = 0,
         ks: Sequence[int] = (10, 20),
-        lambda_cl: float = 0.1,
+        lambda_cl: float = 0.001,
         tau: float = 0.2,
         beta: float = 1.0,
         use_graph: bool = True,
         layers: int = 3,
-        server_steps: int = 5,
+        server_steps: int = 20,
         server_batch: int = 4096,
         server_graph_lr: float = 0.01,
         server_reg: float = 1e-4,
-        q_align_lr: float = 0.0,
+        q_align_lr: float = 10.0,
         align_items: int = 1024,
         cl_negatives: int = 128,
+        share_weighted: bool = False,
+        lambda_item: float | None = 1.0,
+        align_graph: bool = False,
     ) -> None:
         # FedMF's clients and server are built, then replaced by their FedShare extensions
         super().__init__(
@@ -81,6 +84,7 @@ class FedShareModule(FedMFModule):
             seed,
             lambda_cl=lambda_cl,
             tau=tau,
+            share_weighted=share_weighted,
         )
         self.server = GraphServer(
             n_users,
@@ -96,11 +100,12 @@ class FedShareModule(FedMFModule):
             steps=server_steps,
             batch_size=server_batch,
             reg=server_reg,
-            lambda_cl=lambda_cl,
+            lambda_cl=0.0 if lambda_cl == 0 else (lambda_cl if lambda_item is None else lambda_item),
             tau=tau,
             q_align_lr=q_align_lr,
             align_items=align_items,
             cl_negatives=cl_negatives,
+            align_graph=align_graph,
         )
 
     def attach_data(self, dm) -> None:
