@@ -160,3 +160,53 @@ def test_resume_refuses_a_changed_config_or_a_finished_run(tiny: list[str], tmp_
     (tmp_path / "metrics.json").unlink()
     with pytest.raises(train_mod.RunFolderError, match="model.lambda_cl"):
         train_mod.train(compose([*common, "resume=true", "model.lambda_cl=0.5"]))
+
+
+def _server(**kw):
+    from fedshare.fedshare_model import GraphServer
+
+    args = dict(
+        layers=2,
+        use_graph=True,
+        steps=3,
+        batch_size=16,
+        reg=1e-4,
+        lambda_cl=1.0,
+        tau=0.2,
+        q_align_lr=1.0,
+        align_items=64,
+        cl_negatives=4,
+    )
+    args.update(kw)
+    server = GraphServer(6, 10, 4, torch_generator(0, "init"), 0.1, 1.0, 1.0, 0, **args)
+    users = torch.tensor([0, 0, 1, 2, 2, 3, 4, 5])
+    items = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8])
+    server.receive_shares(users, items, 1)
+    opt = torch.optim.Adam([server.user0, server.item0], lr=0.01)
+    server.graph_step(opt)
+    return server
+
+
+def test_server_alignment_moves_q_and_leaves_the_graph_free_unless_asked() -> None:
+    plain = _server(lambda_cl=0.0)
+    q_only = _server(align_graph=False)
+    both = _server(align_graph=True)
+    # Q moves only through the alignment (no upload was aggregated here)
+    assert torch.equal(plain.item_emb, _server(lambda_cl=0.0, q_align_lr=5.0).item_emb)
+    assert not torch.allclose(q_only.item_emb, plain.item_emb)
+    # align_graph=false: the graph's tables train exactly as without alignment
+    assert torch.equal(q_only.item0, plain.item0) and torch.equal(q_only.user0, plain.user0)
+    assert not torch.allclose(both.item0, plain.item0)
+    # views are refreshed after the step, for the sharing users only
+    assert torch.count_nonzero(q_only.user_view.abs().sum(1)) >= 6
+    assert q_only.views().users.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_lambda_cl_zero_switches_off_every_alignment() -> None:
+    from lightning_modules import FedShareModule
+
+    off = FedShareModule(5, 6, lambda_cl=0.0, lambda_item=1.0)
+    assert off.clients.lambda_cl == 0 and off.server.lambda_cl == 0
+    on = FedShareModule(5, 6, lambda_cl=0.001, lambda_item=1.0)
+    assert on.clients.lambda_cl == 0.001 and on.server.lambda_cl == 1.0
+    assert FedShareModule(5, 6, lambda_cl=0.3, lambda_item=None).server.lambda_cl == 0.3
