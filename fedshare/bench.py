@@ -6,6 +6,9 @@ on the same inputs in the same process; also checks that both give the same para
 FedShare (the default): whole rounds as training runs them (shares, cohort, client phase with
 alignment, FedAvg, server graph step): ``round_s``, ``client_s``, ``server_s``.
 
+``propagate``: LightGCN propagation forward and forward+backward on a Gowalla-sized random
+graph, DGL (as the server runs it) against ``torch.sparse``.
+
 ``eval``: full-ranking evaluation (score all items, mask history, top-K, metrics) of every
 user with held-out items, as the test stage runs it: ``eval_s``.
 
@@ -181,7 +184,14 @@ def _report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-BENCHMARKS = {"round": bench_round, "eval": bench_eval}
+def bench_propagate(cfg, repeats: int = 5, reference: bool = True) -> dict[str, Any]:
+    """LightGCN propagation (3 layers, d=64) on a random graph of Gowalla's size: DGL vs torch.sparse."""
+    from fedshare.graph import bench_propagate as run
+
+    return {"benchmark": "propagate", "dataset": "random, Gowalla-sized", **run(repeats=repeats)}
+
+
+BENCHMARKS = {"round": bench_round, "eval": bench_eval, "propagate": bench_propagate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ the same numbers, and about 9x faster on CPU, because DGL's unweighted SpMM runs
 (libxsmm) kernel while ``u_mul_e`` does not. Gowalla-sized random graph, 3 layers, d=64,
 2 threads, forward / forward+backward: ~40 / ~85 ms here, against ~340 / ~820 ms with edge
 weights, ~265 / ~575 ms for ``torch.sparse.mm`` on COO and ~60 / ~340 ms on CSR (its backward
-is slow). ``python -m fedshare.graph`` runs :func:`bench_propagate`. Nodes of degree 0 get no
+is slow). ``python -m fedshare.bench propagate`` runs :func:`bench_propagate`. Nodes of degree 0 get no
 messages; their scale is clamped so nothing divides by zero.
 
 :func:`propagate_reference` is the same computation written with a ``torch.sparse`` matrix: the
@@ -444,8 +444,3 @@ def bench_propagate(
     finally:
         torch.set_num_threads(before)
 
-
-if __name__ == "__main__":
-    import json
-
-    print(json.dumps({k: round(v, 1) for k, v in bench_propagate().items()}))
