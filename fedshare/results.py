@@ -46,7 +46,7 @@ METHODS: list[tuple[str, list[str]]] = [
     ("FedShare w/o graph", ["experiment=fedshare", "model.use_graph=false"]),
     ("LightGCN (centralized)", ["experiment=lightgcn_central"]),
     # 400 epochs of ML-1M take over an hour on 2 CPU cores; this row is what a CPU campaign affords
-    ("LightGCN (centralized, 100 epochs)", ["experiment=lightgcn_central", "fed.rounds=100"]),
+    ("LightGCN (centralized; 100 epochs)", ["experiment=lightgcn_central", "fed.rounds=100"]),
 ]
 DATASETS = ["ml-100k", "ml-1m"]
 SEEDS = [0, 1, 2]
