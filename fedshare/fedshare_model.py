@@ -186,6 +186,7 @@ class GraphServer(FedAvgServer):
         self.register_buffer("item_view", torch.zeros(n_items, dim))
         self.graph = SharedGraph(n_users, n_items)
         self.sampler: EdgeSampler | None = None
+        self._sharing: Tensor | None = None
         self.step_gen = torch_generator(seed, "server-step")
         self.pool_gen = torch_generator(seed, "view-pool")
 
@@ -194,7 +195,7 @@ class GraphServer(FedAvgServer):
         """Users who start sharing send ``S_u``: the edges enter the graph (and its log) now."""
         added = self.graph.add_edges(users, items, round_)
         if added:
-            self.sampler = None
+            self.sampler, self._sharing = None, None
         return added
 
     def _on_device(self) -> SharedGraph:
@@ -204,8 +205,11 @@ class GraphServer(FedAvgServer):
         return self.graph
 
     def sharing_users(self) -> Tensor:
-        users, _ = self._on_device().edges()
-        return torch.unique(users).to(self.item_emb.device)
+        """Users with at least one edge in the graph (cached until the edges change)."""
+        if self._sharing is None or self._sharing.device != self.item_emb.device:
+            users, _ = self._on_device().edges()
+            self._sharing = torch.unique(users).to(self.item_emb.device)
+        return self._sharing
 
     # ---- the round -----------------------------------------------------------------------------
     def views(self, cohort: Tensor | None = None, pool: bool = True) -> ViewMessage | None:
@@ -286,7 +290,7 @@ class GraphServer(FedAvgServer):
         self.graph = SharedGraph.from_state(
             self.graph.n_users, self.graph.n_items, state, self.item_emb.device
         )
-        self.sampler = None
+        self.sampler, self._sharing = None, None
 
     def generator_states(self) -> dict[str, Any]:
         return {
