@@ -105,72 +105,23 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+# model.name -> module; every other key of the model group is a keyword of the module
+MODULES = {"fedmf": FedMFModule, "fedshare": FedShareModule, "lightgcn": LightGCNModule}
+FEDERATED = ("fedmf", "fedshare")
+
+
 def build_model(cfg: DictConfig, dm: FederatedDataModule) -> pl.LightningModule:
     m = cfg.model
+    ks = list(cfg.eval.ks)
     if m.name == "popularity":
-        model: pl.LightningModule = PopularityModule(dm.n_items, ks=list(cfg.eval.ks))
-    elif m.name == "fedmf":
-        model = FedMFModule(
-            dm.n_users,
-            dm.n_items,
-            dim=m.dim,
-            init_std=m.init_std,
-            local_epochs=m.local_epochs,
-            batch_size=m.batch_size,
-            lr=m.lr,
-            reg=m.reg,
-            server_lr=m.server_lr,
-            cohort_fraction=cfg.fed.cohort_fraction,
-            seed=cfg.seed,
-            ks=list(cfg.eval.ks),
-        )
-    elif m.name == "fedshare":
-        model = FedShareModule(
-            dm.n_users,
-            dm.n_items,
-            dim=m.dim,
-            init_std=m.init_std,
-            local_epochs=m.local_epochs,
-            batch_size=m.batch_size,
-            lr=m.lr,
-            reg=m.reg,
-            server_lr=m.server_lr,
-            cohort_fraction=cfg.fed.cohort_fraction,
-            seed=cfg.seed,
-            ks=list(cfg.eval.ks),
-            lambda_cl=m.lambda_cl,
-            tau=m.tau,
-            beta=m.beta,
-            use_graph=m.use_graph,
-            layers=m.layers,
-            server_steps=m.server_steps,
-            server_batch=m.server_batch,
-            server_graph_lr=m.server_graph_lr,
-            server_reg=m.server_reg,
-            q_align_lr=m.q_align_lr,
-            align_items=m.align_items,
-            cl_negatives=m.cl_negatives,
-            share_weighted=m.share_weighted,
-            lambda_item=m.lambda_item,
-            align_graph=m.align_graph,
-        )
-    elif m.name == "lightgcn":
-        model = LightGCNModule(
-            dm.n_users,
-            dm.n_items,
-            dim=m.dim,
-            layers=m.layers,
-            lr=m.lr,
-            reg=m.reg,
-            batch_size=m.batch_size,
-            init_std=m.init_std,
-            seed=cfg.seed,
-            ks=list(cfg.eval.ks),
-        )
+        model: pl.LightningModule = PopularityModule(dm.n_items, ks=ks)
+    elif m.name in MODULES:
+        kwargs = {k: v for k, v in OmegaConf.to_container(m, resolve=True).items() if k != "name"}
+        if m.name in FEDERATED:
+            kwargs["cohort_fraction"] = cfg.fed.cohort_fraction
+        model = MODULES[m.name](dm.n_users, dm.n_items, seed=cfg.seed, ks=ks, **kwargs)
     else:  # compose() validates model.name; this guards a new name added there but not here
-        raise ConfigError(
-            f"model.name={m.name!r} has no module; accepted: fedmf, fedshare, lightgcn, popularity"
-        )
+        raise ConfigError(f"model.name={m.name!r} has no module; accepted: popularity, {', '.join(MODULES)}")
     model.attach_data(dm)
     return model
 
