@@ -213,7 +213,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     rounds = int(cfg.fed.rounds)
     every = max(1, int(cfg.eval.every))
-    if not dm.valid.items.size or every > rounds:  # nothing to validate on, or never due
+    if (
+        not dm.valid.items.size and dm.val_split == "valid"
+    ) or every > rounds:  # nothing to validate, or never due
         tcfg["limit_val_batches"] = 0
     trainer = pl.Trainer(
         **tcfg,

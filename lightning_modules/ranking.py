@@ -31,6 +31,7 @@ class RankingModule(pl.LightningModule):
         self.val_metrics: RankingMetrics | None = None
         self.test_metrics: RankingMetrics | None = None
         self.history: dict[str, list[dict[str, float]]] = {"val": []}
+        self.val_split = "valid"
 
     def attach_data(self, dm) -> None:
         """Takes the evaluation splits and sharing groups from a set-up ``FederatedDataModule``."""
@@ -39,6 +40,7 @@ class RankingModule(pl.LightningModule):
         _csr_buffers(self, "test", dm.test)
         self.register_buffer("share_group", torch.from_numpy(dm.share_group), persistent=False)
         self.group_names = list(dm.group_names)
+        self.val_split = getattr(dm, "val_split", "valid")
         self.val_metrics = RankingMetrics(self.ks, self.group_names)
         self.test_metrics = RankingMetrics(self.ks, self.group_names)
 
@@ -64,10 +66,14 @@ class RankingModule(pl.LightningModule):
         metric.update(hits, n_target, self.share_group[users])
 
     def validation_step(self, users: Tensor, batch_idx: int) -> None:
-        self._evaluate(users, "valid", ("train",), self.val_metrics)
+        if self.val_split == "test":  # a learning curve on test, masked as the test stage masks
+            self._evaluate(users, "test", ("train", "valid"), self.val_metrics)
+        else:
+            self._evaluate(users, "valid", ("train",), self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        values = {f"val/{k}": float(v) for k, v in self.val_metrics.compute().items()}
+        prefix = "curve/test" if self.val_split == "test" else "val"
+        values = {f"{prefix}/{k}": float(v) for k, v in self.val_metrics.compute().items()}
         self.val_metrics.reset()
         self.log_dict(values, batch_size=1)
         self.history["val"].append({"round": self.current_epoch + 1, **values})

@@ -224,3 +224,19 @@ def test_real_format_end_to_end(tmp_path: Path) -> None:
     metrics, objects = train_mod.train(compose(overrides))
     assert objects["datamodule"].n_users == 30
     assert "test/recall@20" in metrics
+
+
+def test_learning_curve_on_test_for_data_without_validation(tiny: list[str], tmp_path: Path) -> None:
+    """eval.curve=true on data without a validation split: test metrics every N rounds; the
+    last point is the final test evaluation of the same model."""
+    common = [*tiny, "data.split.ratios=[0.9,0.0,0.1]", "fed.rounds=4", "eval.every=2", "logger=none"]
+    metrics, objs = train_mod.train(
+        compose([*common, "eval.curve=true", f"paths.output_dir={tmp_path / 'c'}"])
+    )
+    curve = objs["model"].history["val"]
+    assert [h["round"] for h in curve] == [2, 4]
+    assert curve[-1]["curve/test/recall@20"] == pytest.approx(metrics["test/recall@20"], abs=1e-6)
+    assert not any(k.startswith("val/") for k in metrics)
+    plain, objs = train_mod.train(compose([*common, f"paths.output_dir={tmp_path / 'p'}"]))
+    assert objs["model"].history["val"] == []  # default: no validation split, no curve
+    assert plain["test/recall@20"] == metrics["test/recall@20"]  # watching the curve changes nothing
