@@ -57,7 +57,7 @@ GROUP_TABLE = ["FedMF", "FedShare"]  # rows of the per-sharing-group table
 GAIN = ("FedShare", "FedMF")  # relative gain of the first over the second in mean Recall@K
 TAIL_LINES = 15  # lines of a failed run's log shown on the console
 DEFAULTS = {
-    "data_root": "../shared/datasets",
+    "data_root": None,  # the dataset config's own default: data.root, else $FEDSHARE_DATA, else the cache
     "runs_root": "runs/results",
     "out": "docs/RESULTS.md",
 }
@@ -113,7 +113,7 @@ def plan(
     datasets: list[str],
     seeds: list[int],
     methods: list[tuple[str, list[str]]],
-    data_root: str,
+    data_root: str | None,
     runs_root: Path,
     extras: list[str],
 ) -> list[Run]:
@@ -123,7 +123,9 @@ def plan(
         raise ValueError(f"two methods share a folder name: {sorted(slugs)}")
     runs = []
     for dataset in datasets:
-        data = [f"data={dataset}"] + ([] if _is_synthetic(dataset) else [f"data.root={data_root}"])
+        data = [f"data={dataset}"] + (
+            [] if _is_synthetic(dataset) or data_root is None else [f"data.root={data_root}"]
+        )
         for (label, overrides), name in zip(methods, slugs):
             for seed in seeds:
                 runs.append(
@@ -509,7 +511,7 @@ def results_command(
     datasets: list[str],
     seeds: list[int],
     labels: list[str] | None,
-    data_root: str,
+    data_root: str | None,
     runs_root: str,
     out: str,
     extras: list[str],
@@ -526,7 +528,13 @@ def results_command(
     ]
     if labels is not None:
         parts += ["--methods", ",".join(labels)]
-    parts += ["--data-root", data_root, "--runs-root", runs_root, "--out", out]
+    parts += [
+        *(["--data-root", data_root] if data_root is not None else []),
+        "--runs-root",
+        runs_root,
+        "--out",
+        out,
+    ]
     if extras:
         parts += ["--", *extras]
     return shlex.join(parts)
@@ -547,7 +555,9 @@ def parser(labels: list[str]) -> argparse.ArgumentParser:
         "--methods", default=None, help=f"comma-separated labels (default: all): {', '.join(labels)}"
     )
     p.add_argument(
-        "--data-root", default=DEFAULTS["data_root"], help="folder of the dataset folders (%(default)s)"
+        "--data-root",
+        default=DEFAULTS["data_root"],
+        help="folder of the dataset folders (default: each dataset config's data.root, $FEDSHARE_DATA, the cache)",
     )
     p.add_argument("--runs-root", default=DEFAULTS["runs_root"], help="where the runs go (%(default)s)")
     p.add_argument("--out", default=DEFAULTS["out"], help="the page (%(default)s)")

@@ -63,7 +63,17 @@ def finished(tmp_path: Path) -> Path:
 
 def test_page_from_finished_runs(finished: Path, tmp_path: Path) -> None:
     out = tmp_path / "docs" / "RESULTS.md"
-    args = ["--datasets", "ml-100k,ml-1m", "--runs-root", str(finished), "--out", str(out), "--collect-only"]
+    args = [
+        "--datasets",
+        "ml-100k,ml-1m",
+        "--runs-root",
+        str(finished),
+        "--out",
+        str(out),
+        "--collect-only",
+        "--data-root",
+        "/data/datasets",
+    ]
     assert results.main(args) == 0
     page = out.read_text()
 
@@ -74,11 +84,11 @@ def test_page_from_finished_runs(finished: Path, tmp_path: Path) -> None:
     assert main["popularity"][:3] == ["0.0500 ±n/a", "0.0250 ±n/a", "n=1 of 3 (missing seeds 1, 2)"]
     assert main["FedShare w/o graph"][:3] == ["—", "—", "n=0 of 3 (missing seeds 0, 1, 2)"]
     assert main["FedMF"][4] == (
-        "`python -m fedshare.train experiment=fedmf data=ml-100k data.root=../shared/datasets seed={0,1,2}`"
+        "`python -m fedshare.train experiment=fedmf data=ml-100k data.root=/data/datasets seed={0,1,2}`"
     )
     assert main["FedShare w/o alignment"][4] == (
         "`python -m fedshare.train experiment=fedshare model.lambda_cl=0 data=ml-100k "
-        "data.root=../shared/datasets seed={0,1,2}`"
+        "data.root=/data/datasets seed={0,1,2}`"
     )
 
     groups = _table(page, "### ml-100k: Recall@20 by sharing group")
@@ -94,7 +104,7 @@ def test_page_from_finished_runs(finished: Path, tmp_path: Path) -> None:
 
     assert "sample standard deviation (ddof=1)" in page
     assert (
-        f"python -m fedshare.results --datasets ml-100k,ml-1m --seeds 0,1,2 --data-root ../shared/datasets "
+        f"python -m fedshare.results --datasets ml-100k,ml-1m --seeds 0,1,2 --data-root /data/datasets "
         f"--runs-root {finished} --out {out}" in page
     )
     assert "- 2 CPUs, no GPU, torch 9.9 (3 runs)" in page and "- not recorded (9 runs)" in page
