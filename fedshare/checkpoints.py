@@ -33,15 +33,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LastCheckpoint(pl.Callback):
-    """Writes ``<dirpath>/last.ckpt`` at the end of every round (after its validation).
+    """Writes ``<dirpath>/last.ckpt`` every ``every`` rounds and at the last round.
 
     Lightning's ModelCheckpoint (2.6) only refreshes ``last.ckpt`` together with a top-k
-    checkpoint; a resumable run needs the latest round on disk, whatever was monitored.
+    checkpoint; a resumable run needs the latest round on disk, whatever was monitored. A run
+    killed between two checkpoints resumes from the earlier one and repeats those rounds
+    exactly (every generator state is in the checkpoint).
     """
 
-    def __init__(self, dirpath: Path) -> None:
+    def __init__(self, dirpath: Path, every: int = 1) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"checkpoint.every must be an int >= 1, got {every!r}")
         self.path = Path(dirpath) / "last.ckpt"
+        self.every = every
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking and not trainer.fast_dev_run:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        done = trainer.current_epoch + 1
+        if done % self.every == 0 or done >= trainer.max_epochs:
             trainer.save_checkpoint(self.path, weights_only=False)  # full state: resumable

@@ -23,12 +23,18 @@ weights, ~265 / ~575 ms for ``torch.sparse.mm`` on COO and ~60 / ~340 ms on CSR 
 is slow). ``python -m fedshare.bench propagate`` runs :func:`bench_propagate`. Nodes of degree 0 get no
 messages; their scale is clamped so nothing divides by zero.
 
+PyPI's DGL wheels are CPU-only: on a GPU (or with ``spmm="torch"``) the graph's DGL object stays on
+the CPU for edits and propagation runs the same scaled sum with a ``torch.sparse`` CSR matrix of
+the unweighted adjacency on ``device`` (:class:`_SymmetricSpMM`: ``A`` is symmetric, so the
+backward is one more product with ``A`` instead of a transpose).
+
 :func:`propagate_reference` is the same computation written with a ``torch.sparse`` matrix: the
 documented definition the tests compare against, not meant for training.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -75,25 +81,70 @@ def _sym_norm(users: Tensor, items: Tensor, n_users: int, n_items: int) -> Tenso
     return deg.double().clamp(min=1).pow(-0.5)
 
 
+SPMM_BACKENDS = ("auto", "dgl", "torch")
+_DGL_DEVICES: dict[str, bool] = {}
+
+
+def dgl_runs_on(device: str | torch.device) -> bool:
+    """Whether this DGL build can hold a graph on ``device`` (PyPI's wheels: the CPU only)."""
+    kind = torch.device(device).type
+    if kind not in _DGL_DEVICES:
+        try:
+            empty = torch.empty(0, dtype=torch.int64)
+            dgl.graph((empty, empty), num_nodes=1, device=device)
+            _DGL_DEVICES[kind] = True
+        except Exception:  # DGLError "Device API cuda is not enabled", or a torch device error
+            _DGL_DEVICES[kind] = False
+    return _DGL_DEVICES[kind]
+
+
+class _SymmetricSpMM(torch.autograd.Function):
+    """``A @ h`` for a symmetric sparse ``A`` (no gradient to ``A``): the backward is ``A @ grad``."""
+
+    @staticmethod
+    def forward(ctx, adj: Tensor, h: Tensor) -> Tensor:
+        ctx.adj = adj
+        return torch.sparse.mm(adj, h)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:
+        return None, torch.sparse.mm(ctx.adj, grad.contiguous())
+
+
 class SharedGraph:
     """Shared (user, item) interactions as a DGL graph, with an edge log and LightGCN.
 
     The edge log (sorted int64 keys ``user * n_items + item`` and the round of each) lives on
-    the CPU; ``g``, the DGL graph, and propagation live on ``device``.
+    the CPU; propagation runs on ``device``. ``spmm`` picks how: ``"dgl"`` (the DGL graph ``g``
+    lives on ``device``), ``"torch"`` (``g`` stays on the CPU, propagation uses a
+    ``torch.sparse`` matrix on ``device``), or ``"auto"``: DGL where this DGL build runs, else
+    torch.
     """
 
-    def __init__(self, n_users: int, n_items: int, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, n_users: int, n_items: int, device: str | torch.device = "cpu", spmm: str = "auto"
+    ) -> None:
         for name, n in (("n_users", n_users), ("n_items", n_items)):
             if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {n!r}")
+        if spmm not in SPMM_BACKENDS:
+            raise ValueError(f"spmm must be one of {SPMM_BACKENDS}, got {spmm!r}")
         self.n_users, self.n_items = int(n_users), int(n_items)
+        self.spmm = spmm
         empty = torch.empty(0, dtype=torch.int64)
         # int64 ids: DGL's CPU SpMM is ~4x slower with int32 graphs here.
-        self.g = dgl.graph((empty, empty), num_nodes=self.n_nodes, idtype=torch.int64, device=device)
-        self.device = self.g.device  # "cuda" comes back as "cuda:0", as tensors report it
+        self.g = dgl.graph((empty, empty), num_nodes=self.n_nodes, idtype=torch.int64)
+        self.device = torch.device("cpu")
         self._keys = empty.clone()  # sorted, one per undirected edge
         self._rounds = empty.clone()  # aligned with _keys
         self._norm: dict[torch.dtype, Tensor] = {}  # deg^-1/2 per node, on device, by dtype
+        self._adj: dict[torch.dtype, Tensor] = {}  # the torch path's adjacency, on device, by dtype
+        self.to(device)
+
+    @property
+    def backend(self) -> str:
+        """The SpMM that :meth:`propagate` runs now: ``"dgl"`` or ``"torch"``."""
+        return "dgl" if self.spmm != "torch" and self.g.device == self.device else "torch"
 
     # -- sizes and views ---------------------------------------------------------------------
 
@@ -159,7 +210,7 @@ class SharedGraph:
             raise ValueError(f"(user {int(u[j])}, item {int(i[j])}) is given twice in one call{_more(more)}")
 
     def _node_ids(self, u: Tensor, i: Tensor) -> tuple[Tensor, Tensor]:
-        return u.to(self.device), (i + self.n_users).to(self.device)
+        return u.to(self.g.device), (i + self.n_users).to(self.g.device)
 
     # -- edits -------------------------------------------------------------------------------
 
@@ -197,7 +248,7 @@ class SharedGraph:
         keys, log = torch.empty_like(old, dtype=torch.int64), torch.empty_like(old, dtype=torch.int64)
         keys[at], keys[old] = new, self._keys
         log[at], log[old] = rounds[order], self._rounds
-        self._keys, self._rounds, self._norm = keys, log, {}
+        self._keys, self._rounds, self._norm, self._adj = keys, log, {}, {}
         return int(new.numel())
 
     def remove_edges(self, users: IdsLike, items: IdsLike) -> int:
@@ -219,7 +270,8 @@ class SharedGraph:
         self.g.remove_edges(eids)  # in place; DGL drops the edges' data with them
         keep = torch.ones(self.n_edges, dtype=torch.bool)
         keep[pos] = False
-        self._keys, self._rounds, self._norm = self._keys[keep], self._rounds[keep], {}
+        self._keys, self._rounds = self._keys[keep], self._rounds[keep]
+        self._norm, self._adj = {}, {}
         return int(u.numel())
 
     # -- propagation -------------------------------------------------------------------------
@@ -231,6 +283,24 @@ class SharedGraph:
             norm = _sym_norm(u, i, self.n_users, self.n_items)  # float64, cast once per dtype
             self._norm[dtype] = norm.to(self.device, dtype).unsqueeze(1)
         return self._norm[dtype]
+
+    def adjacency(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The unweighted symmetric adjacency as a sparse CSR matrix on ``device``; cached."""
+        if dtype not in self._adj:
+            u, i = self.edges()
+            src, dst = torch.cat([u, i + self.n_users]), torch.cat([i + self.n_users, u])
+            order = torch.argsort(dst * self.n_nodes + src)
+            src, dst = src[order], dst[order]
+            indptr = torch.zeros(self.n_nodes + 1, dtype=torch.int64)
+            indptr[1:] = torch.cumsum(torch.bincount(dst, minlength=self.n_nodes), 0)
+            values = torch.ones(src.numel(), dtype=dtype)
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                adj = torch.sparse_csr_tensor(
+                    indptr, src, values, (self.n_nodes, self.n_nodes), check_invariants=True
+                )
+            self._adj[dtype] = adj.to(self.device)
+        return self._adj[dtype]
 
     def propagate(self, user_emb: Tensor, item_emb: Tensor, layers: int) -> tuple[Tensor, Tensor]:
         """LightGCN: the mean of ``E_0..E_layers``, split into (users, items); differentiable.
@@ -245,9 +315,14 @@ class SharedGraph:
         norm = self.norm(user_emb.dtype)
         h = torch.cat([user_emb, item_emb])
         total = h
+        if self.backend == "dgl":
+            spmm = lambda x: dgl.ops.copy_u_sum(self.g, x)  # noqa: E731
+        else:
+            adj = self.adjacency(user_emb.dtype)
+            spmm = lambda x: _SymmetricSpMM.apply(adj, x)  # noqa: E731
         for _ in range(layers):
             # D^-1/2 A D^-1/2 h as scale, unweighted neighbour sum, scale (see module docstring).
-            h = dgl.ops.copy_u_sum(self.g, h * norm) * norm
+            h = spmm(h * norm) * norm
             total = total + h
         out = total / (layers + 1)
         return out[: self.n_users], out[self.n_users :]
@@ -302,7 +377,12 @@ class SharedGraph:
 
     @classmethod
     def from_state(
-        cls, n_users: int, n_items: int, state: dict[str, Tensor], device: str | torch.device = "cpu"
+        cls,
+        n_users: int,
+        n_items: int,
+        state: dict[str, Tensor],
+        device: str | torch.device = "cpu",
+        spmm: str = "auto",
     ) -> SharedGraph:
         """Rebuild a graph saved with :meth:`state`: same edges, rounds and propagation."""
         missing = {"edges", "rounds"} - set(state)
@@ -314,20 +394,32 @@ class SharedGraph:
                 f"state['edges'] must be [E, 2] with E = len(state['rounds']) = {rounds.numel()}, "
                 f"got {list(torch.as_tensor(state['edges']).shape)}"
             )
-        graph = cls(n_users, n_items, device)
+        graph = cls(n_users, n_items, device, spmm)
         edges = edges.reshape(-1, 2)
         graph._add(edges[:, 0].contiguous(), edges[:, 1].contiguous(), rounds)
         return graph
 
     def to(self, device: str | torch.device) -> SharedGraph:
-        """Move the DGL graph (and the cached normalisation) to ``device``; returns ``self``.
+        """Move propagation (and the cached normalisation) to ``device``; returns ``self``.
 
-        The edge log stays on the CPU. ``g`` is a new DGL graph object after a move.
+        The edge log stays on the CPU. With the DGL backend ``g`` moves too (a new DGL graph
+        object); with the torch backend it stays on the CPU. ``spmm="dgl"`` on a device this
+        DGL build cannot use raises ``ValueError``.
         """
-        if torch.device(device) != self.device:
-            self.g = self.g.to(device)
-            self.device = self.g.device
-            self._norm = {dtype: norm.to(self.device) for dtype, norm in self._norm.items()}
+        target = torch.empty(0, device=device).device  # "cuda" comes back as "cuda:0"
+        use_dgl = self.spmm == "dgl" or (self.spmm == "auto" and dgl_runs_on(target))
+        if use_dgl and not dgl_runs_on(target):
+            raise ValueError(
+                f"this DGL build cannot run on {target} (PyPI's DGL wheels are CPU-only); "
+                "use spmm='torch' or 'auto'"
+            )
+        g_device = target if use_dgl else torch.device("cpu")
+        if self.g.device != g_device:
+            self.g = self.g.to(g_device)
+        if target != self.device:
+            self.device = target
+            self._norm = {dtype: norm.to(target) for dtype, norm in self._norm.items()}
+            self._adj = {dtype: adj.to(target) for dtype, adj in self._adj.items()}
         return self
 
 

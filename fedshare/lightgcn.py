@@ -56,13 +56,18 @@ class EdgeSampler:
         users = self.users.index_select(0, idx)
         return users, self.items.index_select(0, idx), self.negatives(users, generator)
 
-    def epoch(self, batch_size: int, generator: torch.Generator):
-        """One pass over every edge in a random order, in minibatches (the standard epoch)."""
+    def epoch(self, batch_size: int, generator: torch.Generator, device: torch.device | str = "cpu"):
+        """One pass over every edge in a random order, in minibatches (the standard epoch).
+
+        The order and every negative are drawn up front on the CPU and moved to ``device`` once,
+        so a GPU epoch does no host transfer per batch.
+        """
         perm = torch.randperm(self.n_edges, generator=generator)
+        users, items = self.users.index_select(0, perm), self.items.index_select(0, perm)
+        neg = self.negatives(users, generator)
+        users, items, neg = (t.to(device, non_blocking=True) for t in (users, items, neg))
         for lo in range(0, self.n_edges, batch_size):
-            idx = perm[lo : lo + batch_size]
-            users = self.users.index_select(0, idx)
-            yield users, self.items.index_select(0, idx), self.negatives(users, generator)
+            yield users[lo : lo + batch_size], items[lo : lo + batch_size], neg[lo : lo + batch_size]
 
 
 def bpr_loss(

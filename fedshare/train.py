@@ -158,6 +158,17 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+class HistoryFile(pl.Callback):
+    """Rewrites ``history.json`` (every validation so far, with its round) after each one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and not trainer.fast_dev_run and hasattr(pl_module, "history"):
+            _write_json(self.path, {"val": pl_module.history["val"]})
+
+
 def group_rows(metrics: dict[str, float], groups: list[str] | None = None) -> tuple[list[str], list[list]]:
     """Test metrics as rows (all users, then each sharing group) x columns (metric@K)."""
     rows: dict[str, dict[str, float]] = {}
@@ -209,7 +220,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         logger.log_hyperparams({f"sharing/{k}": v for k, v in dm.summary().items()})
         logger.experiment.log({"sharing/ratio": wandb.Histogram(dm.share_ratio.tolist())})
 
-    checkpoint = LastCheckpoint(run_dir / "checkpoints")
+    checkpoint = LastCheckpoint(run_dir / "checkpoints", int(cfg.checkpoint.every))
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     rounds = int(cfg.fed.rounds)
     every = max(1, int(cfg.eval.every))
@@ -227,6 +238,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             checkpoint,
             *([RoundProgressBar()] if tcfg["enable_progress_bar"] else []),
             *fault_callbacks(),
+            HistoryFile(run_dir / "history.json"),
         ],
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
@@ -246,6 +258,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         trainer.test(model, datamodule=dm, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics = {k: metrics[k] for k in sorted(metrics) if not k.startswith("time/")}
+        metrics["rounds_done"] = float(trainer.current_epoch)  # < fed.rounds after trainer.max_time
         if model.history["val"]:
             metrics.update({k: v for k, v in model.history["val"][-1].items() if k != "round"})
         _write_json(run_dir / "metrics.json", metrics)

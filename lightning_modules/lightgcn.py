@@ -64,21 +64,23 @@ class LightGCNModule(RankingModule):
     def training_step(self, batch: object, batch_idx: int) -> None:
         opt = self.optimizers().optimizer
         t0 = time.perf_counter()
-        total, total_l2, steps = 0.0, 0.0, 0
+        total = torch.zeros(2, device=self.device)  # summed on the device: no sync per batch
+        steps = 0
         layers, reg = self.hparams.layers, self.hparams.reg
-        for users, pos, neg in self.sampler.epoch(self.hparams.batch_size, self.batch_gen):
-            users, pos, neg = users.to(self.device), pos.to(self.device), neg.to(self.device)
+        for users, pos, neg in self.sampler.epoch(self.hparams.batch_size, self.batch_gen, self.device):
             user_out, item_out = self._graph().propagate(self.user0, self.item0, layers)
             loss, l2 = bpr_loss(user_out, item_out, self.user0, self.item0, users, pos, neg, reg)
             opt.zero_grad(set_to_none=True)
             (loss + l2).backward()
             opt.step()
-            total, total_l2, steps = total + float(loss.detach()), total_l2 + float(l2.detach()), steps + 1
+            total += torch.stack([loss.detach(), l2.detach()])
+            steps += 1
             if self.trainer.fast_dev_run and steps >= 2:
                 break
+        total_bpr, total_l2 = (total / steps).tolist()
         logs = {
-            "train/bpr": total / steps,
-            "train/reg": total_l2 / steps,
+            "train/bpr": total_bpr,
+            "train/reg": total_l2,
             "time/server_s": time.perf_counter() - t0,
         }
         self.log_dict(logs, on_step=False, on_epoch=True, batch_size=1)

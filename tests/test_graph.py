@@ -42,8 +42,8 @@ def _assert_matches_reference(graph: SharedGraph, layers: int, seed: int = 0) ->
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
-def _graph(n_edges: int = 60, seed: int = 0) -> SharedGraph:
-    graph = SharedGraph(N_USERS, N_ITEMS)
+def _graph(n_edges: int = 60, seed: int = 0, spmm: str = "auto") -> SharedGraph:
+    graph = SharedGraph(N_USERS, N_ITEMS, spmm=spmm)
     users, items = random_edges(N_USERS, N_ITEMS, n_edges, seed=seed)
     assert graph.add_edges(users, items, round=1) == n_edges
     return graph
@@ -109,9 +109,12 @@ def test_import_dgl_leaves_home_alone(_isolated_home: Path):
 # -- propagation -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("spmm", ["auto", "torch"])
 @pytest.mark.parametrize("layers", [0, 1, 2, 3])
-def test_propagate_matches_reference(layers: int):
-    _assert_matches_reference(_graph(), layers)
+def test_propagate_matches_reference(layers: int, spmm: str):
+    graph = _graph(spmm=spmm)
+    assert graph.backend == ("dgl" if spmm == "auto" else "torch")
+    _assert_matches_reference(graph, layers)
 
 
 def test_zero_layers_returns_inputs():
@@ -138,8 +141,9 @@ def test_float64_matches_reference():
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
-def test_edits_are_in_place_and_propagation_follows_them():
-    graph = _graph(40, seed=1)
+@pytest.mark.parametrize("spmm", ["auto", "torch"])
+def test_edits_are_in_place_and_propagation_follows_them(spmm: str):
+    graph = _graph(40, seed=1, spmm=spmm)
     dgl_graph = graph.g
     _assert_matches_reference(graph, 3)  # builds the cached normalisation
     users, items = random_edges(N_USERS, N_ITEMS, N_USERS * N_ITEMS, seed=2)  # every pair, shuffled
@@ -170,8 +174,9 @@ def test_dgl_graph_holds_both_directions_of_exactly_the_logged_edges():
     assert graph.g.num_nodes() == N_USERS + N_ITEMS
 
 
-def test_isolated_nodes_are_finite_and_match_reference():
-    graph = SharedGraph(N_USERS, N_ITEMS)
+@pytest.mark.parametrize("spmm", ["auto", "torch"])
+def test_isolated_nodes_are_finite_and_match_reference(spmm: str):
+    graph = SharedGraph(N_USERS, N_ITEMS, spmm=spmm)
     graph.add_edges([0, 0, 1], [0, 1, 1], round=0)  # users 2.., items 2.. are isolated
     _assert_matches_reference(graph, 3)
     user_emb, item_emb = _embeddings()
@@ -188,6 +193,36 @@ def test_empty_graph_propagates_to_a_scaled_identity():
     out_u, out_i = graph.propagate(user_emb, item_emb, 2)
     torch.testing.assert_close(out_u, user_emb / 3)
     torch.testing.assert_close(out_i, item_emb / 3)
+
+
+def test_spmm_backend_is_checked():
+    with pytest.raises(ValueError, match=r"spmm must be one of \('auto', 'dgl', 'torch'\), got 'cuda'"):
+        SharedGraph(N_USERS, N_ITEMS, spmm="cuda")
+
+
+def test_from_state_keeps_the_backend():
+    graph = _graph(spmm="torch")
+    again = SharedGraph.from_state(N_USERS, N_ITEMS, graph.state(), spmm="torch")
+    assert again.backend == "torch"
+    _assert_matches_reference(again, 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_propagate_on_cuda_matches_cpu():
+    graph = _graph(spmm="auto")
+    user_emb, item_emb = _embeddings()
+    want = torch.cat(graph.propagate(user_emb, item_emb, 3))
+    graph.to("cuda")
+    assert graph.device.type == "cuda"
+    u, i = (t.detach().cuda().requires_grad_() for t in _embeddings())
+    got = torch.cat(graph.propagate(u, i, 3))
+    torch.testing.assert_close(got.cpu(), want.detach(), rtol=0, atol=1e-5)
+    got.square().sum().backward()
+    want.square().sum().backward()
+    torch.testing.assert_close(u.grad.cpu(), user_emb.grad, rtol=0, atol=1e-5)
+    cur_u, cur_i = graph.edges()
+    graph.remove_edges(cur_u[:5], cur_i[:5])  # edits still work with propagation on the GPU
+    _assert_matches_reference(graph.to("cpu"), 3)
 
 
 def test_propagate_checks_shapes_and_layers():

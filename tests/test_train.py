@@ -240,3 +240,23 @@ def test_learning_curve_on_test_for_data_without_validation(tiny: list[str], tmp
     plain, objs = train_mod.train(compose([*common, f"paths.output_dir={tmp_path / 'p'}"]))
     assert objs["model"].history["val"] == []  # default: no validation split, no curve
     assert plain["test/recall@20"] == metrics["test/recall@20"]  # watching the curve changes nothing
+
+
+def test_history_file_checkpoint_every_and_max_time(tiny: list[str], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    base = [*tiny, "logger=none", "eval.every=2"]
+    metrics, _ = train_mod.train(compose([*base, "fed.rounds=5", "checkpoint.every=2", f"paths.output_dir={run}"]))
+    history = json.loads((run / "history.json").read_text())["val"]
+    assert [h["round"] for h in history] == [2, 4]
+    assert history[-1]["val/recall@20"] == pytest.approx(metrics["val/recall@20"])
+    assert metrics["rounds_done"] == 5.0
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 4  # the last round is always written, whatever checkpoint.every says
+
+    # a wall-time budget of zero: training stops after its first round, then the test runs
+    short, _ = train_mod.train(
+        compose([*base, "fed.rounds=5", "trainer.max_time=00:00:00:00", f"paths.output_dir={tmp_path / 's'}"])
+    )
+    assert short["rounds_done"] < 5 and "test/recall@20" in short
+    with pytest.raises(ValueError, match="checkpoint.every must be an int >= 1"):
+        train_mod.train(compose([*base, "checkpoint.every=0", f"paths.output_dir={tmp_path / 'z'}"]))
