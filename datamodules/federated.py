@@ -11,6 +11,8 @@ What lives where (DESIGN.md section 1):
 
 from __future__ import annotations
 
+import copy
+
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -103,6 +105,23 @@ class FederatedDataModule(pl.LightningDataModule):
     def shared_edges(self) -> np.ndarray:
         """``[S, 2]`` (user, item) pairs of the shared interactions: the server's whole view."""
         return np.stack([self.shared.users, self.shared.items], axis=1)
+
+    def revoked(self, users: np.ndarray, items: np.ndarray) -> FederatedDataModule:
+        """A copy in which the given shared pairs are local again (the data of `retrain`).
+
+        Everything else is the same objects: the splits, who shares, the groups (evaluation
+        groups stay those of the learned run). A pair that is not shared raises ``ValueError``.
+        """
+        keys = self.train.users * self.n_items + self.train.items
+        revoked = np.asarray(users, np.int64) * self.n_items + np.asarray(items, np.int64)
+        hit = np.isin(keys, revoked) & self.shared_mask
+        if int(hit.sum()) != np.unique(revoked).size:
+            raise ValueError("some revoked pairs are not shared interactions of this data module")
+        out = copy.copy(self)
+        out.shared_mask = self.shared_mask & ~hit
+        out.shared = self.train.select(out.shared_mask)
+        out.local = self.train.select(~out.shared_mask)
+        return out
 
     def summary(self) -> dict[str, Any]:
         out = dict(sharing_summary(self.train, self.shared_mask))

@@ -209,12 +209,24 @@ def validate(cfg: DictConfig) -> None:
     # the data and sharing modules own their rules; ask them now, before any work
     from fedshare.datasets import check_config as check_data
     from fedshare.sharing import validate_config as check_sharing
+    from fedshare.unlearn import check_config as check_unlearn
 
     try:
         check_data(cfg.data)
         check_sharing(cfg.sharing)
+        check_unlearn(cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from err
+
+
+def compose_saved(path: Path) -> DictConfig:
+    """A run's saved ``config.yaml``, validated and read-only (as ``compose`` returns it)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{path} is missing: not a run folder?")
+    cfg = _load_yaml(Path(path))
+    validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
 
 
 def compose(overrides: Sequence[str] = (), root: Path | None = None) -> DictConfig:

@@ -77,6 +77,16 @@ class FedShareClients(FedMFClients):
                 n_shared = self.shared_indptr.diff().to(self.weight.dtype)
                 self.weight = n_shared / self.train_indptr.diff().clamp_min(1).to(self.weight.dtype)
 
+    def unshare(self, users: Tensor, items: Tensor) -> None:
+        """The client stops sharing these pairs: they stay in ``D_u`` as local-only data."""
+        indptr, shared = self.shared_indptr, self.shared_items
+        n_items = self.n_items
+        owner = torch.repeat_interleave(torch.arange(indptr.numel() - 1, device=indptr.device), indptr.diff())
+        keep = ~torch.isin(owner * n_items + shared, users.to(indptr.device) * n_items + items.to(indptr.device))
+        counts = torch.bincount(owner[keep], minlength=indptr.numel() - 1)
+        self.shared_indptr = torch.cat([indptr.new_zeros(1), torch.cumsum(counts, 0)])
+        self.shared_items = shared[keep]
+
     def shares_starting(self, round_: int) -> tuple[Tensor, Tensor]:
         """``(user, item)`` of ``S_u`` for every user who starts sharing at ``round_``."""
         users = torch.nonzero(self.share_start == round_).squeeze(1)
@@ -197,6 +207,13 @@ class GraphServer(FedAvgServer):
         if added:
             self.sampler, self._sharing = None, None
         return added
+
+    def remove_shares(self, users: Tensor, items: Tensor) -> int:
+        """Unsharing: the pairs leave the graph and its edge log (``ValueError`` if not there)."""
+        removed = self.graph.remove_edges(users, items)
+        if removed:
+            self.sampler, self._sharing = None, None
+        return removed
 
     def _on_device(self) -> SharedGraph:
         device = self.item_emb.device

@@ -165,6 +165,15 @@ class SharedGraph:
         """The round at which each edge of :meth:`edges` entered, aligned with it."""
         return self._rounds.clone()
 
+    def entry_rounds(self, users: IdsLike, items: IdsLike) -> Tensor:
+        """The round at which each given (user, item) edge entered; ``ValueError`` if one is absent."""
+        u, i = _pairs(users, items)
+        pos, found = self._find(u, i)
+        if not found.all():
+            k, more = _first(~found)
+            raise ValueError(f"(user {int(u[k])}, item {int(i[k])}) is not in the graph{_more(more)}")
+        return self._rounds.index_select(0, pos)
+
     def has_edges(self, users: IdsLike, items: IdsLike) -> Tensor:
         """Whether each (user, item) pair is in the graph (out-of-range pairs are not)."""
         u, i = _pairs(users, items)

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 import warnings
@@ -21,16 +22,20 @@ from typing import Any
 
 import pytorch_lightning as pl
 from lightning_fabric.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from datamodules import FederatedDataModule
 from fedshare.checkpoints import AtomicCheckpointIO, LastCheckpoint
 from fedshare.config import GROUPS, OVERLAYS, ConfigError, available, compose, save
 from fedshare.faults import fault_callbacks
 from fedshare.readers import DatasetError
+from fedshare.report import format_comparison, log_wandb, write_figures
 from fedshare.runtime import tune_allocator
+from fedshare.snapshots import SnapshotStore, snapshot_rounds
+from fedshare.unlearn import snapshot_dir, unlearn_phase
 from lightning_modules import FedMFModule, FedShareModule, LightGCNModule, PopularityModule
 from lightning_modules.progress import RoundProgressBar
+from lightning_modules.snapshots import SnapshotCallback
 
 log = logging.getLogger("fedshare")
 
@@ -152,6 +157,11 @@ def build_logger(cfg: DictConfig, run_dir: Path):
     )
 
 
+def _plain(value: Any) -> Any:
+    """A config value as plain Python (lists and dicts leave OmegaConf's containers)."""
+    return OmegaConf.to_container(value) if isinstance(value, ListConfig | DictConfig) else value
+
+
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, allow_nan=True) + "\n")
@@ -196,8 +206,10 @@ def format_table(metrics: dict[str, float], groups: list[str] | None = None) -> 
     return "\n".join(lines)
 
 
-def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Runs fit + test for ``cfg``; returns the flat metrics and the objects used."""
+def train(cfg: DictConfig, command: str | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """Runs fit + test for ``cfg`` (and the unlearning phase when ``unlearn.methods`` is set);
+    returns the flat metrics and the objects used. ``command``: the command line, saved in
+    the run folder as ``command.txt``."""
     run_dir = run_dir_for(cfg)
     resume_from = resume_checkpoint(cfg, run_dir)
     tune_allocator()
@@ -211,6 +223,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume_from is None:
         save(cfg, run_dir / "config.yaml")
+        if command:
+            (run_dir / "command.txt").write_text(command + "\n")
     else:
         log.info("resuming %s from %s", run_dir, resume_from)
     logger = build_logger(cfg, run_dir)
@@ -221,6 +235,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         logger.experiment.log({"sharing/ratio": wandb.Histogram(dm.share_ratio.tolist())})
 
     checkpoint = LastCheckpoint(run_dir / "checkpoints", int(cfg.checkpoint.every))
+    methods = list(cfg.unlearn.methods or [])
+    snapshots = []
+    if "contrastive" in methods:  # the only history contrastive unlearning keeps
+        snapshots.append(
+            SnapshotCallback(
+                SnapshotStore(snapshot_dir(run_dir)),
+                snapshot_rounds(_plain(cfg.unlearn.snapshots), int(cfg.fed.rounds)),
+            )
+        )
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     rounds = int(cfg.fed.rounds)
     every = max(1, int(cfg.eval.every))
@@ -239,6 +262,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             *([RoundProgressBar()] if tcfg["enable_progress_bar"] else []),
             *fault_callbacks(),
             HistoryFile(run_dir / "history.json"),
+            *snapshots,
         ],
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
@@ -262,10 +286,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if model.history["val"]:
             metrics.update({k: v for k, v in model.history["val"][-1].items() if k != "round"})
         _write_json(run_dir / "metrics.json", metrics)
+        if methods and cfg.trainer.fast_dev_run:
+            log.info("fast_dev_run: the unlearning phase is skipped (no snapshots were kept)")
+        elif methods:
+            metrics.update(
+                unlearn_phase(cfg, model, dm, run_dir, lambda d: build_model(cfg, d), methods)
+            )
         if logger is not None:
             import wandb
 
             logger.experiment.summary.update(metrics)
+            if methods:
+                log_wandb(logger.experiment, metrics, int(cfg.unlearn.k))
             columns, rows = group_rows(metrics, dm.group_names)
             logger.experiment.log(
                 {"test/by_share_group": wandb.Table(columns=["users", *columns], data=rows)}
@@ -277,6 +309,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             wandb.finish()
     print(f"\nTest metrics ({cfg.choices.experiment or cfg.model.name} on {cfg.data.name}):")
     print(format_table(metrics, dm.group_names))
+    if any(k.startswith("unlearn/") for k in metrics):
+        print(f"\nBefore / after unlearning ({int(metrics['unlearn/revoked_pairs'])} revoked pairs of "
+              f"{int(metrics['unlearn/revoking_users'])} users):")
+        print(format_comparison(metrics, int(cfg.unlearn.k)))
+        write_figures(run_dir)
     print(f"Run folder: {run_dir}")
     return metrics, {"trainer": trainer, "model": model, "datamodule": dm, "run_dir": run_dir}
 
@@ -310,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     try:
-        train(cfg)
+        train(cfg, shlex.join(["python", "-m", "fedshare.train", *args]))
     except DatasetError as err:
         print(f"data error: {err}", file=sys.stderr)
         return 2

@@ -148,6 +148,26 @@ class FedShareModule(FedMFModule):
     def server_state(self) -> dict[str, Tensor]:
         return self.server.state()
 
+    def snapshot_tensors(self) -> dict[str, Tensor]:
+        """What an unlearning snapshot keeps (DESIGN.md section 3): the graph's layer-0 tables,
+        ``Q`` (the alignment ties it to them) and the edge log; no gradients, no client data."""
+        graph = self.server.graph.state()
+        return {
+            "user0": self.server.user0.detach().cpu(),
+            "item0": self.server.item0.detach().cpu(),
+            "item_emb": self.server.item_emb.detach().cpu(),
+            "graph.edges": graph["edges"],
+            "graph.rounds": graph["rounds"],
+        }
+
+    def unshare(self, users: Tensor, items: Tensor) -> int:
+        """Deletes the pairs from every server store (graph, edge log, views) and from the
+        clients' shared part; the clients keep them as local data. Returns pairs removed."""
+        removed = self.server.remove_shares(users, items)
+        self.clients.unshare(users, items)
+        self.server.refresh_views()
+        return removed
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["server_graph"] = {k: v.cpu() for k, v in self.server.graph.state().items()}

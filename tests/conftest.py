@@ -15,6 +15,7 @@ TINY = [
     "data.synthetic.n_communities=4",
     "eval.batch_users=25",
     "trainer.enable_progress_bar=false",
+    "unlearn.methods=[]",  # learning only; tests of unlearning set their methods after this
 ]
 
 

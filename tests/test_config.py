@@ -8,10 +8,12 @@ from omegaconf import OmegaConf
 from fedshare.config import ConfigError, available, compose, config_dir, save
 
 
-def test_defaults_compose_to_the_fedshare_synthetic_job() -> None:
+def test_defaults_compose_to_the_fedshare_unlearning_synthetic_job() -> None:
     cfg = compose()
     assert cfg.choices.data == "synthetic"
-    assert cfg.model.name == "fedshare" and cfg.choices.experiment == "fedshare"
+    assert cfg.model.name == "fedshare" and cfg.choices.experiment == "fedshare_unlearn"
+    assert list(cfg.unlearn.methods) == ["contrastive", "retrain"]
+    assert list(compose(["experiment=fedshare"]).unlearn.methods) == []
     assert compose(["experiment=fedmf"]).model.name == "fedmf"
     assert cfg.sharing.policy == "segments"
     assert cfg.logger.name == "wandb" and cfg.logger.mode == "offline"
@@ -93,7 +95,9 @@ def test_saved_config_reloads_identically(tmp_path: Path) -> None:
 def test_every_group_file_composes_and_comments_its_keys() -> None:
     for group in ("data", "model", "sharing", "trainer", "logger", "experiment", "debug"):
         for name in available(group):
-            compose([f"{group}={name}"])
+            # a model without a server graph cannot run the default job's unlearning phase
+            learning_only = ["unlearn.methods=[]"] if group == "model" and name != "fedshare" else []
+            compose([f"{group}={name}", *learning_only])
             for line in (config_dir() / group / f"{name}.yaml").read_text().splitlines():
                 stripped = line.strip()
                 if group in ("data", "experiment", "debug") or not stripped or stripped.startswith("#"):

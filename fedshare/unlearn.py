@@ -1,0 +1,347 @@
+"""The unlearning phase of a run: requests -> ledger -> deletion -> methods -> judging.
+
+``python -m fedshare.train experiment=fedshare_unlearn`` runs it right after learning. On a
+finished run (or one that crashed while unlearning)::
+
+    python -m fedshare.unlearn run_dir=RUN [requests=FILE.csv] [method=contrastive | methods=[a,b]]
+
+The run folder's ``unlearn/ledger.jsonl`` is the server's request log: a request is recorded
+before anything is deleted, and marked applied (once, by ``server``) when its pairs are gone
+from the server's stores. The learned checkpoint is the base and the ledger the log: a
+process that dies between two requests is resumed by the same command, which replays the
+applied requests (their pairs are deleted again in memory, never marked twice) and applies the
+pending ones. When every method has run, the server's files are scrubbed: the checkpoint holds
+the unlearned model (of the first method) and the edited graph, the snapshots' edge logs lose
+the revoked pairs, and the ledger keeps ids, users and counts only. The revoked pairs
+themselves stay on the devices (``unlearn/devices/revoked.csv``: the users' own record of what
+they took back, like their local data; no server code reads it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fedshare.requests import (
+    RequestError,
+    RequestLedger,
+    UnshareRequest,
+    check_requests,
+    draw_requests,
+    read_requests_csv,
+    write_requests_csv,
+)
+from fedshare.snapshots import SnapshotStore
+from fedshare.unlearning import AVAILABLE, METHODS, UnlearnContext, folder_bytes, judge, run_method
+
+log = logging.getLogger(__name__)
+SERVER = "server"  # the ledger's name for the deletion from the server's stores
+ENV_KILL_AT_REQUEST = "FEDSHARE_FAULT_KILL_AT_REQUEST"
+
+
+def check_config(cfg: DictConfig) -> None:
+    """``unlearn.*`` keys: methods known and built, fractions in range (ValueError naming the key)."""
+    methods = list(cfg.unlearn.methods or [])
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unlearn.methods: unknown method {m!r}; accepted: {', '.join(METHODS)}")
+        if m not in AVAILABLE:
+            raise ValueError(
+                f"unlearn.methods: {m!r} is not built yet (see the unlearning issue); available: "
+                f"{', '.join(AVAILABLE)}"
+            )
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"unlearn.methods lists a method twice: {methods}")
+    if methods and cfg.model.name != "fedshare":
+        raise ValueError(
+            f"unlearn.methods needs model=fedshare (a server graph to unlearn), got model={cfg.model.name}; "
+            f"use experiment={cfg.model.name} or unlearn.methods=[] for learning only"
+        )
+
+
+def snapshot_dir(run_dir: Path) -> Path:
+    """The contrastive method's store: the learning phase's embedding snapshots."""
+    return run_dir / "unlearn" / "contrastive" / "snapshots"
+
+
+def _kill_if_asked(done: int) -> None:
+    value = os.environ.get(ENV_KILL_AT_REQUEST)
+    if value and int(value) == done + 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # a crash test: as if the machine lost power
+
+
+def _pairs(requests: list[UnshareRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+    if not requests:
+        empty = torch.empty(0, dtype=torch.int64)
+        return empty, empty.clone()
+    users, items = zip(*(r.pairs() for r in requests))
+    return torch.cat(users), torch.cat(items)
+
+
+def device_record(run_dir: Path) -> Path:
+    """The devices' own list of the pairs their users took back (device-side, not the server's)."""
+    return run_dir / "unlearn" / "devices" / "revoked.csv"
+
+
+def revoked_before(run_dir: Path, ledger: RequestLedger, n_users: int, n_items: int):
+    """Pairs revoked earlier: the ledger's open requests and the devices' record (after the
+    ledger was compacted, only the devices know the pairs; a device drops a repeated request)."""
+    users, items = ledger.revoked_pairs()
+    record = device_record(run_dir)
+    if record.exists():
+        du, di = _pairs(read_requests_csv(record, n_users, n_items))
+        users, items = torch.cat([users, du]), torch.cat([items, di])
+    return users, items
+
+
+def _as_requests(users: torch.Tensor, items: torch.Tensor) -> list[UnshareRequest]:
+    pairs = torch.unique(torch.stack([users, items], 1), dim=0) if users.numel() else torch.empty(0, 2, dtype=torch.int64)
+    out = []
+    for u in torch.unique(pairs[:, 0]).tolist():
+        out.append(UnshareRequest(int(u), tuple(pairs[pairs[:, 0] == u, 1].tolist())))
+    return out
+
+
+def gather_requests(ucfg: DictConfig, model, dm, ledger: RequestLedger, requests_file: str | None, run_dir: Path):
+    """New requests (from a CSV, or drawn when the ledger has none yet), checked against the graph."""
+    graph = model.server.graph
+    revoked_u, revoked_i = revoked_before(run_dir, ledger, dm.n_users, dm.n_items)
+    revoked_keys = revoked_u * dm.n_items + revoked_i
+
+    def already(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return torch.isin(users * dm.n_items + items, revoked_keys)
+
+    path = requests_file or ucfg.requests.file
+    if path:
+        found = read_requests_csv(Path(path), dm.n_users, dm.n_items)
+        return check_requests(found, graph.has_edges, already, source=str(path))
+    if ledger.requests() or ledger.closed():
+        return []  # drawn earlier (a resumed or finished run): the ledger holds them
+    r = ucfg.requests
+    users, items = graph.edges()
+    drawn = draw_requests(users, items, float(r.user_fraction), float(r.item_fraction), int(r.seed))
+    return check_requests(drawn, graph.has_edges, already, source="unlearn.requests")
+
+
+def apply_deletions(model, ledger: RequestLedger) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every recorded request's pairs leave the model's server stores; pending ones get marked.
+
+    Returns all pairs of this session's requests (applied earlier or now)."""
+    applied = ledger.applied(SERVER)
+    graph = model.server.graph
+    done = 0
+    all_u, all_i = [], []
+    for rid, request in sorted(ledger.requests().items()):
+        users, items = request.pairs()
+        present = graph.has_edges(users, items)
+        if rid in applied:  # replay: the base checkpoint may still hold them
+            if present.any():
+                model.unshare(users[present], items[present])
+        else:
+            _kill_if_asked(done)
+            if not present.all():  # a scrubbed base lost them: nothing left to delete there
+                users, items = users[present], items[present]
+            t0 = time.perf_counter()
+            removed = model.unshare(users, items) if users.numel() else 0
+            ledger.mark_applied(SERVER, rid, removed=int(removed), time_s=time.perf_counter() - t0)
+            done += 1
+        all_u.append(request.pairs()[0])
+        all_i.append(request.pairs()[1])
+    if not all_u:
+        empty = torch.empty(0, dtype=torch.int64)
+        return empty, empty.clone()
+    return torch.cat(all_u), torch.cat(all_i)
+
+
+def unlearn_phase(
+    cfg: DictConfig,
+    model,
+    dm,
+    run_dir: Path,
+    build,
+    methods: list[str] | None = None,
+    requests_file: str | None = None,
+    logger=None,
+) -> dict[str, float]:
+    """Requests -> deletion -> each method on a copy of the learned model -> judged metrics.
+
+    ``model`` is the learned FedShare module (its graph still holds the revoked edges);
+    ``build(dm)`` makes a fresh module with the run's config (retrain). Returns the flat
+    ``learn/...`` and ``unlearn/<method>/...`` metrics; also writes them into metrics.json.
+    """
+    import copy
+
+    ucfg = cfg.unlearn
+    methods = list(methods if methods is not None else ucfg.methods)
+    k = int(ucfg.k)
+    udir = run_dir / "unlearn"
+    ledger = RequestLedger(udir / "ledger.jsonl")
+    new = gather_requests(ucfg, model, dm, ledger, requests_file, run_dir)
+    ids = ledger.add(new)
+    du, di = revoked_before(run_dir, ledger, dm.n_users, dm.n_items)
+    write_requests_csv(device_record(run_dir), _as_requests(du, di))
+    log.info("unsharing: %d new request(s) (ids %s); %d in the ledger", len(new), ids, len(ledger.requests()))
+
+    learned = copy.deepcopy(model)  # before deletion: the methods' common starting point
+    users, items = apply_deletions(model, ledger)
+    # pairs the learned model still holds (a resumed, scrubbed base holds none of the old ones)
+    held = learned.server.graph.has_edges(users, items)
+    users, items = users[held], items[held]
+    if users.numel() == 0:
+        log.info("unlearning: nothing to unlearn (no revoked pair is in the learned model)")
+        return {}
+
+    metrics = {f"learn/{key}": v for key, v in judge(learned, dm, users, items, k).items()}
+    metrics["unlearn/requests"] = float(len(ledger.requests()))
+    metrics["unlearn/revoked_pairs"] = float(users.numel())
+    metrics["unlearn/revoking_users"] = float(torch.unique(users).numel())
+    snapshots = SnapshotStore(snapshot_dir(run_dir)) if snapshot_dir(run_dir).exists() else None
+    first = None
+    for name in methods:
+        store = udir / name
+        ctx = UnlearnContext(
+            learned=learned,
+            dm=dm,
+            users=users,
+            items=items,
+            rounds=int(cfg.fed.rounds),
+            options=dict(OmegaConf.to_container(ucfg[name], resolve=True)) if name in ucfg else {},
+            store=store,
+            build=build,
+            snapshots=snapshots if name == "contrastive" else None,
+        )
+        log.info("unlearning with %s ...", name)
+        unlearned, seconds = run_method(name, ctx)
+        leftover = unlearned.server.graph.has_edges(users, items)
+        if leftover.any():
+            raise RuntimeError(f"{name}: {int(leftover.sum())} revoked pairs are still in the server graph")
+        judged = judge(unlearned, dm, users, items, k)
+        metrics.update({f"unlearn/{name}/{key}": v for key, v in judged.items()})
+        metrics[f"unlearn/{name}/time_s"] = seconds
+        metrics[f"unlearn/{name}/storage_bytes"] = float(folder_bytes(store))
+        first = first or unlearned
+    if first is not None:
+        scrub(run_dir, first, ledger)
+    _merge_metrics(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def scrub(run_dir: Path, unlearned, ledger: RequestLedger) -> None:
+    """Rewrites the server's files without the revoked pairs (module docstring)."""
+    from fedshare.checkpoints import AtomicCheckpointIO
+
+    ckpt_path = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt["state_dict"] = {k: v.cpu() for k, v in unlearned.state_dict().items()}
+        ckpt["server_graph"] = {k: v.cpu() for k, v in unlearned.server.graph.state().items()}
+        ckpt["unlearned"] = True
+        AtomicCheckpointIO().save_checkpoint(ckpt, ckpt_path)
+    folder = snapshot_dir(run_dir)
+    if folder.exists():
+        store = SnapshotStore(folder)
+        gu, gi = unlearned.server.graph.edges()
+        keep_keys = gu * unlearned.server.graph.n_items + gi
+
+        def drop_revoked(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            edges, rounds = tensors["graph.edges"], tensors["graph.rounds"]
+            keep = torch.isin(edges[:, 0] * unlearned.server.graph.n_items + edges[:, 1], keep_keys)
+            return {**tensors, "graph.edges": edges[keep].contiguous(), "graph.rounds": rounds[keep].contiguous()}
+
+        for r in store.rounds():
+            store.rewrite(r, drop_revoked)
+    ledger.compact()
+
+
+def _merge_metrics(path: Path, new: dict[str, float]) -> None:
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old.update(new)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(old, indent=2, sort_keys=True, allow_nan=True) + "\n")
+    tmp.replace(path)
+
+
+# ---- python -m fedshare.unlearn --------------------------------------------------------------
+
+
+def load_run(run_dir: Path):
+    """The run's config, data module and model, restored from ``checkpoints/last.ckpt``."""
+    from fedshare.config import compose_saved
+    from fedshare.train import build_model
+    from datamodules import FederatedDataModule
+
+    cfg = compose_saved(run_dir / "config.yaml")
+    dm = FederatedDataModule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    model = build_model(cfg, dm)
+    ckpt_path = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt_path.exists():
+        raise FileNotFoundError(f"{ckpt_path} is missing: unlearning starts from the learned checkpoint")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    model.load_state_dict(ckpt["state_dict"])
+    model.on_load_checkpoint(ckpt)
+    # pairs taken back in earlier, finished sessions are local data on the devices now
+    ledger = RequestLedger(run_dir / "unlearn" / "ledger.jsonl")
+    du, di = revoked_before(run_dir, ledger, dm.n_users, dm.n_items)
+    open_u, open_i = ledger.revoked_pairs()
+    done = ~torch.isin(du * dm.n_items + di, open_u * dm.n_items + open_i)
+    if done.any():
+        dm = dm.revoked(du[done].numpy(), di[done].numpy())
+        model.clients.unshare(du[done], di[done])
+    model.server.refresh_views()
+    return cfg, dm, model
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if args else 2
+    opts: dict[str, str] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in ("run_dir", "requests", "method", "methods"):
+            print(f"error: expected run_dir=RUN [requests=FILE.csv] [method=NAME|methods=[a,b]], got {arg!r}", file=sys.stderr)
+            return 2
+        opts[key] = value
+    if "run_dir" not in opts:
+        print("error: run_dir=RUN is required", file=sys.stderr)
+        return 2
+    run_dir = Path(opts["run_dir"])
+    try:
+        cfg, dm, model = load_run(run_dir)
+        if "method" in opts:
+            methods = [opts["method"]]
+        elif "methods" in opts:
+            methods = [m.strip() for m in opts["methods"].strip("[]").split(",") if m.strip()]
+        else:
+            methods = list(cfg.unlearn.methods) or ["contrastive"]
+        check_config(OmegaConf.merge(cfg, {"unlearn": {"methods": methods}}))
+        from fedshare.train import build_model
+
+        metrics = unlearn_phase(
+            cfg, model, dm, run_dir, lambda d: build_model(cfg, d), methods, opts.get("requests")
+        )
+    except (RequestError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from fedshare.report import format_comparison
+
+    if metrics:
+        print(format_comparison(metrics, int(cfg.unlearn.k)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
