@@ -238,6 +238,7 @@ def client_round(
     batch_size: int,
     chunk_rows: int = 8192,
     after_epoch: Callable[[Tensor, Tensor], Tensor] | None = None,
+    on_changes: Callable[[Tensor, Tensor, Tensor], None] | None = None,
 ) -> tuple[Tensor, Upload, Tensor]:
     """Every client of the cohort runs its local epochs of BPR-SGD at once.
 
@@ -254,6 +255,12 @@ def client_round(
     ``after_epoch(rows, clients)``, if given, runs at the end of every local epoch on the
     private rows of the given cohort clients and returns their new rows (FedShare's alignment
     step). It must treat clients independently: the reference calls it one client at a time.
+
+    ``on_changes(clients, items, changes)``, if given, sees every change a client makes to an
+    item row, one piece of a step at a time: row k of ``changes`` is cohort client
+    ``clients[k]``'s (unweighted) change to row ``items[k]``. Summed per (client, item) over the
+    round they are each client's own update ``q_ci - q_i`` (what unlearning baselines record).
+    The tensors are reused afterwards: a hook copies what it keeps. Unset, nothing changes.
     """
     n_epochs, n = plan.order.shape
     n_items = item_table.shape[0]
@@ -312,6 +319,8 @@ def client_round(
             # every change a client makes to a row ends up in its final row minus the sent
             # row, so the weighted sums can take them one step at a time (dpos and dneg were
             # written into q_both)
+            if on_changes is not None:
+                on_changes(torch.cat([c, c]), both_items, q_both)
             num.index_add_(0, both_items, q_both.view(2, m, -1).mul_(uw).view(2 * m, -1))
             total_loss += loss.sum()
         if after_epoch is not None:

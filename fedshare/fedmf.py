@@ -41,6 +41,9 @@ class FedMFClients(nn.Module):
         self.register_buffer("train_indptr", torch.zeros(n_users + 1, dtype=torch.long), persistent=False)
         self.register_buffer("train_items", torch.zeros(0, dtype=torch.long), persistent=False)
         self.round_gen = torch_generator(seed, "round")  # shuffles and negatives, drawn on devices
+        # optional ``(cohort, weights) -> on_changes`` hook factory (see `client_round`): set by
+        # the unlearning baselines' recorders (fedshare.baselines.RoundChanges) while they record
+        self.change_recorder: Any = None
 
     def attach_data(self, train: UserCSR) -> None:
         """Every client's own training interactions ``D_u`` (local and shared alike)."""
@@ -54,10 +57,23 @@ class FedMFClients(nn.Module):
         data = cohort_data(cohort, self.train_indptr, self.train_items)
         plan = plan_round(data, self.n_items, self.local_epochs, self.round_gen)
         rows, upload, loss = client_round(
-            self.user_emb[cohort], item_table, data, plan, self.lr, self.reg, self.batch_size
+            self.user_emb[cohort],
+            item_table,
+            data,
+            plan,
+            self.lr,
+            self.reg,
+            self.batch_size,
+            on_changes=self._change_hook(cohort, data),
         )
         self.user_emb[cohort] = rows
         return upload, loss
+
+    def _change_hook(self, cohort: Tensor, data) -> Any:
+        """The recorder's per-round hook (None when nothing records); weights as `Upload`'s."""
+        if self.change_recorder is None:
+            return None
+        return self.change_recorder(cohort, (data.degrees * self.local_epochs).to(self.user_emb.dtype))
 
     def score(self, users: Tensor, item_table: Tensor) -> Tensor:
         """``p_u . q_i`` for all items: computed on the device from the table the server sent."""

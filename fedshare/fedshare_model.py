@@ -110,6 +110,7 @@ class FedShareClients(FedMFClients):
             self.reg,
             self.batch_size,
             after_epoch=align,
+            on_changes=self._change_hook(cohort, data),
         )
         self.user_emb[cohort] = rows
         cl = torch.stack(cl_losses).mean() if cl_losses else torch.zeros(())

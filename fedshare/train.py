@@ -35,6 +35,7 @@ from fedshare.snapshots import SnapshotStore, snapshot_rounds
 from fedshare.unlearn import snapshot_dir, unlearn_phase
 from lightning_modules import FedMFModule, FedShareModule, LightGCNModule, PopularityModule
 from lightning_modules.progress import RoundProgressBar
+from lightning_modules.history import FedEraserRecorder, FRURecorder
 from lightning_modules.snapshots import SnapshotCallback
 
 log = logging.getLogger("fedshare")
@@ -244,6 +245,10 @@ def train(cfg: DictConfig, command: str | None = None) -> tuple[dict[str, float]
                 snapshot_rounds(_plain(cfg.unlearn.snapshots), int(cfg.fed.rounds)),
             )
         )
+    if "fedEraser" in methods:  # each baseline records the history it needs, in its own store
+        snapshots.append(FedEraserRecorder(run_dir / "unlearn" / "fedEraser", every=int(cfg.unlearn.fedEraser.every)))
+    if "fru" in methods:
+        snapshots.append(FRURecorder(run_dir / "unlearn" / "fru", alpha=float(cfg.unlearn.fru.alpha)))
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     rounds = int(cfg.fed.rounds)
     every = max(1, int(cfg.eval.every))

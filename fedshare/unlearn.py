@@ -145,17 +145,18 @@ def apply_deletions(model, ledger: RequestLedger) -> tuple[torch.Tensor, torch.T
         present = graph.has_edges(users, items)
         if rid in applied:  # replay: the base checkpoint may still hold them
             if present.any():
-                model.unshare(users[present], items[present])
+                model.unshare(users[present], items[present], refresh=False)
         else:
             _kill_if_asked(done)
             if not present.all():  # a scrubbed base lost them: nothing left to delete there
                 users, items = users[present], items[present]
             t0 = time.perf_counter()
-            removed = model.unshare(users, items) if users.numel() else 0
+            removed = model.unshare(users, items, refresh=False) if users.numel() else 0
             ledger.mark_applied(SERVER, rid, removed=int(removed), time_s=time.perf_counter() - t0)
             done += 1
         all_u.append(request.pairs()[0])
         all_i.append(request.pairs()[1])
+    model.server.refresh_views()
     if not all_u:
         empty = torch.empty(0, dtype=torch.int64)
         return empty, empty.clone()
@@ -189,7 +190,8 @@ def unlearn_phase(
     ids = ledger.add(new)
     du, di = revoked_before(run_dir, ledger, dm.n_users, dm.n_items)
     write_requests_csv(device_record(run_dir), _as_requests(du, di))
-    log.info("unsharing: %d new request(s) (ids %s); %d in the ledger", len(new), ids, len(ledger.requests()))
+    span = f"ids {min(ids)}..{max(ids)}" if ids else "none"
+    log.info("unsharing: %d new request(s) (%s); %d open in the ledger", len(new), span, len(ledger.requests()))
 
     learned = copy.deepcopy(model)  # before deletion: the methods' common starting point
     users, items = apply_deletions(model, ledger)
@@ -230,12 +232,12 @@ def unlearn_phase(
         metrics[f"unlearn/{name}/storage_bytes"] = float(folder_bytes(store))
         first = first or unlearned
     if first is not None:
-        scrub(run_dir, first, ledger)
+        scrub(run_dir, first, ledger, users, items)
     _merge_metrics(run_dir / "metrics.json", metrics)
     return metrics
 
 
-def scrub(run_dir: Path, unlearned, ledger: RequestLedger) -> None:
+def scrub(run_dir: Path, unlearned, ledger: RequestLedger, revoked_u: torch.Tensor, revoked_i: torch.Tensor) -> None:
     """Rewrites the server's files without the revoked pairs (module docstring)."""
     from fedshare.checkpoints import AtomicCheckpointIO
 
@@ -259,6 +261,23 @@ def scrub(run_dir: Path, unlearned, ledger: RequestLedger) -> None:
 
         for r in store.rounds():
             store.rewrite(r, drop_revoked)
+    eraser = run_dir / "unlearn" / "fedEraser"
+    if eraser.exists():  # its server-side store holds each client's touched item rows
+        from fedshare.baselines import ClientUpdates, HistoryStore
+
+        history = HistoryStore(eraser)
+        n_items = unlearned.server.graph.n_items
+        gone_keys = torch.unique(revoked_u * n_items + revoked_i)
+
+        def drop_rows(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            up = ClientUpdates.from_tensors(tensors)
+            keep = ~torch.isin(up.keys(n_items), gone_keys)
+            counts = torch.bincount(up.owner[keep], minlength=up.users.numel())
+            indptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+            return {**tensors, "indptr": indptr, "items": up.items[keep], "deltas": up.deltas[keep]}
+
+        for r in history.rounds():
+            history.rewrite(r, drop_rows)
     ledger.compact()
 
 

@@ -160,12 +160,15 @@ class FedShareModule(FedMFModule):
             "graph.rounds": graph["rounds"],
         }
 
-    def unshare(self, users: Tensor, items: Tensor) -> int:
+    def unshare(self, users: Tensor, items: Tensor, refresh: bool = True) -> int:
         """Deletes the pairs from every server store (graph, edge log, views) and from the
-        clients' shared part; the clients keep them as local data. Returns pairs removed."""
+        clients' shared part; the clients keep them as local data. Returns pairs removed.
+        ``refresh=False`` leaves the views stale (a caller deleting many requests in a row
+        refreshes once at the end)."""
         removed = self.server.remove_shares(users, items)
         self.clients.unshare(users, items)
-        self.server.refresh_views()
+        if refresh:
+            self.server.refresh_views()
         return removed
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ from fedshare.unlearning import auc, forget_hits
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ["contrastive", "retrain", "finetune", "delete_only"]
+METHODS = ["contrastive", "retrain", "fedEraser", "fru", "finetune", "delete_only"]
 BASE = [
     *TINY,
     "fed.rounds=6",
@@ -90,6 +90,9 @@ def test_every_method_reports_every_key(run: Path) -> None:
     revoked_bytes = metrics["unlearn/revoked_pairs"] * 3 * 8 * 3  # (user, item, round) x 3 snapshots
     assert 0 < on_disk <= metrics["unlearn/contrastive/storage_bytes"] <= on_disk + revoked_bytes + 4096
     assert metrics["unlearn/retrain/storage_bytes"] == 0
+    # the baselines keep update histories: far more than a few snapshots
+    assert metrics["unlearn/fru/storage_bytes"] > metrics["unlearn/contrastive/storage_bytes"]
+    assert metrics["unlearn/fedEraser/storage_bytes"] > 0
     assert (run / "unlearning_before_after.png").stat().st_size > 0
     assert (run / "unlearning_storage.png").stat().st_size > 0
 
@@ -126,7 +129,11 @@ def server_side_pairs(run_dir: Path) -> set[tuple[int, int]]:
         if path.suffix == ".ckpt":
             _pairs_in(torch.load(path, map_location="cpu", weights_only=False), found)
         elif path.suffix == ".safetensors":
-            _pairs_in(load_file(path), found)
+            tensors = load_file(path)
+            _pairs_in(tensors, found)
+            if {"clients", "indptr", "items"} <= set(tensors):  # per-client rows (fedEraser's store)
+                owner = torch.repeat_interleave(tensors["clients"], tensors["indptr"].diff())
+                found.update(zip(owner.tolist(), tensors["items"].tolist()))
         elif path.suffix in (".json", ".jsonl"):
             for line in path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]:
                 _pairs_in(json.loads(line), found)
@@ -303,8 +310,8 @@ def test_a_crash_between_requests_resumes_with_each_applied_once(tmp_path: Path)
 
 
 def test_unlearn_config_errors_name_the_key() -> None:
-    with pytest.raises(ConfigError, match="unlearn.methods: 'fedEraser' is not built yet"):
-        compose(["unlearn.methods=[fedEraser]"])
+    with pytest.raises(ConfigError, match="lists a method twice"):
+        compose(["unlearn.methods=[fru,fru]"])
     with pytest.raises(ConfigError, match="unlearn.methods: unknown method 'bogus'"):
         compose(["unlearn.methods=[bogus]"])
     with pytest.raises(ConfigError, match="needs model=fedshare"):
