@@ -82,7 +82,9 @@ class FedShareClients(FedMFClients):
         indptr, shared = self.shared_indptr, self.shared_items
         n_items = self.n_items
         owner = torch.repeat_interleave(torch.arange(indptr.numel() - 1, device=indptr.device), indptr.diff())
-        keep = ~torch.isin(owner * n_items + shared, users.to(indptr.device) * n_items + items.to(indptr.device))
+        keep = ~torch.isin(
+            owner * n_items + shared, users.to(indptr.device) * n_items + items.to(indptr.device)
+        )
         counts = torch.bincount(owner[keep], minlength=indptr.numel() - 1)
         self.shared_indptr = torch.cat([indptr.new_zeros(1), torch.cumsum(counts, 0)])
         self.shared_items = shared[keep]

@@ -544,4 +544,3 @@ def bench_propagate(
         return result
     finally:
         torch.set_num_threads(before)
-

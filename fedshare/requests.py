@@ -392,9 +392,13 @@ class RequestLedger:
             self._ids[req] = entry["id"]
         elif kind == "closed":
             if set(entry) != {"kind", "id", "user", "n_items"}:
-                raise RequestError(f"{where}: a closed entry has the keys kind, id, user, n_items; got {sorted(entry)}")
+                raise RequestError(
+                    f"{where}: a closed entry has the keys kind, id, user, n_items; got {sorted(entry)}"
+                )
             if type(entry["id"]) is not int or entry["id"] != self._next_id():
-                raise RequestError(f"{where}: request id {entry['id']!r} out of order; expected {self._next_id()}")
+                raise RequestError(
+                    f"{where}: request id {entry['id']!r} out of order; expected {self._next_id()}"
+                )
             if record:
                 self._closed[entry["id"]] = (int(entry["user"]), int(entry["n_items"]))
         elif kind == "applied":

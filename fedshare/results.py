@@ -177,9 +177,13 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+# where the files are and which device ran the run decide no number: the same run may be read
+# from another folder, or trained on a GPU (each run's record names its machine)
+PLACE_ONLY = ("data.root=", "trainer.accelerator=")
+
+
 def _comparable(overrides: list[str]) -> list[str]:
-    # data.root says where the files are, not which: the same run may be read from another folder
-    return [o for o in overrides if not o.startswith("data.root=")]
+    return [o for o in overrides if not o.startswith(PLACE_ONLY)]
 
 
 def conflict(run: Run) -> str | None:

@@ -34,8 +34,8 @@ from fedshare.runtime import tune_allocator
 from fedshare.snapshots import SnapshotStore, snapshot_rounds
 from fedshare.unlearn import snapshot_dir, unlearn_phase
 from lightning_modules import FedMFModule, FedShareModule, LightGCNModule, PopularityModule
-from lightning_modules.progress import RoundProgressBar
 from lightning_modules.history import FedEraserRecorder, FRURecorder
+from lightning_modules.progress import RoundProgressBar
 from lightning_modules.snapshots import SnapshotCallback
 
 log = logging.getLogger("fedshare")
@@ -246,7 +246,9 @@ def train(cfg: DictConfig, command: str | None = None) -> tuple[dict[str, float]
             )
         )
     if "fedEraser" in methods:  # each baseline records the history it needs, in its own store
-        snapshots.append(FedEraserRecorder(run_dir / "unlearn" / "fedEraser", every=int(cfg.unlearn.fedEraser.every)))
+        snapshots.append(
+            FedEraserRecorder(run_dir / "unlearn" / "fedEraser", every=int(cfg.unlearn.fedEraser.every))
+        )
     if "fru" in methods:
         snapshots.append(FRURecorder(run_dir / "unlearn" / "fru", alpha=float(cfg.unlearn.fru.alpha)))
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -294,9 +296,7 @@ def train(cfg: DictConfig, command: str | None = None) -> tuple[dict[str, float]
         if methods and cfg.trainer.fast_dev_run:
             log.info("fast_dev_run: the unlearning phase is skipped (no snapshots were kept)")
         elif methods:
-            metrics.update(
-                unlearn_phase(cfg, model, dm, run_dir, lambda d: build_model(cfg, d), methods)
-            )
+            metrics.update(unlearn_phase(cfg, model, dm, run_dir, lambda d: build_model(cfg, d), methods))
         if logger is not None:
             import wandb
 
@@ -315,8 +315,10 @@ def train(cfg: DictConfig, command: str | None = None) -> tuple[dict[str, float]
     print(f"\nTest metrics ({cfg.choices.experiment or cfg.model.name} on {cfg.data.name}):")
     print(format_table(metrics, dm.group_names))
     if any(k.startswith("unlearn/") for k in metrics):
-        print(f"\nBefore / after unlearning ({int(metrics['unlearn/revoked_pairs'])} revoked pairs of "
-              f"{int(metrics['unlearn/revoking_users'])} users):")
+        print(
+            f"\nBefore / after unlearning ({int(metrics['unlearn/revoked_pairs'])} revoked pairs of "
+            f"{int(metrics['unlearn/revoking_users'])} users):"
+        )
         print(format_comparison(metrics, int(cfg.unlearn.k)))
         write_figures(run_dir)
     print(f"Run folder: {run_dir}")

@@ -26,7 +26,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -104,14 +103,20 @@ def revoked_before(run_dir: Path, ledger: RequestLedger, n_users: int, n_items: 
 
 
 def _as_requests(users: torch.Tensor, items: torch.Tensor) -> list[UnshareRequest]:
-    pairs = torch.unique(torch.stack([users, items], 1), dim=0) if users.numel() else torch.empty(0, 2, dtype=torch.int64)
+    pairs = (
+        torch.unique(torch.stack([users, items], 1), dim=0)
+        if users.numel()
+        else torch.empty(0, 2, dtype=torch.int64)
+    )
     out = []
     for u in torch.unique(pairs[:, 0]).tolist():
         out.append(UnshareRequest(int(u), tuple(pairs[pairs[:, 0] == u, 1].tolist())))
     return out
 
 
-def gather_requests(ucfg: DictConfig, model, dm, ledger: RequestLedger, requests_file: str | None, run_dir: Path):
+def gather_requests(
+    ucfg: DictConfig, model, dm, ledger: RequestLedger, requests_file: str | None, run_dir: Path
+):
     """New requests (from a CSV, or drawn when the ledger has none yet), checked against the graph."""
     graph = model.server.graph
     revoked_u, revoked_i = revoked_before(run_dir, ledger, dm.n_users, dm.n_items)
@@ -191,7 +196,9 @@ def unlearn_phase(
     du, di = revoked_before(run_dir, ledger, dm.n_users, dm.n_items)
     write_requests_csv(device_record(run_dir), _as_requests(du, di))
     span = f"ids {min(ids)}..{max(ids)}" if ids else "none"
-    log.info("unsharing: %d new request(s) (%s); %d open in the ledger", len(new), span, len(ledger.requests()))
+    log.info(
+        "unsharing: %d new request(s) (%s); %d open in the ledger", len(new), span, len(ledger.requests())
+    )
 
     learned = copy.deepcopy(model)  # before deletion: the methods' common starting point
     users, items = apply_deletions(model, ledger)
@@ -237,7 +244,9 @@ def unlearn_phase(
     return metrics
 
 
-def scrub(run_dir: Path, unlearned, ledger: RequestLedger, revoked_u: torch.Tensor, revoked_i: torch.Tensor) -> None:
+def scrub(
+    run_dir: Path, unlearned, ledger: RequestLedger, revoked_u: torch.Tensor, revoked_i: torch.Tensor
+) -> None:
     """Rewrites the server's files without the revoked pairs (module docstring)."""
     from fedshare.checkpoints import AtomicCheckpointIO
 
@@ -257,7 +266,11 @@ def scrub(run_dir: Path, unlearned, ledger: RequestLedger, revoked_u: torch.Tens
         def drop_revoked(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             edges, rounds = tensors["graph.edges"], tensors["graph.rounds"]
             keep = torch.isin(edges[:, 0] * unlearned.server.graph.n_items + edges[:, 1], keep_keys)
-            return {**tensors, "graph.edges": edges[keep].contiguous(), "graph.rounds": rounds[keep].contiguous()}
+            return {
+                **tensors,
+                "graph.edges": edges[keep].contiguous(),
+                "graph.rounds": rounds[keep].contiguous(),
+            }
 
         for r in store.rounds():
             store.rewrite(r, drop_revoked)
@@ -294,9 +307,9 @@ def _merge_metrics(path: Path, new: dict[str, float]) -> None:
 
 def load_run(run_dir: Path):
     """The run's config, data module and model, restored from ``checkpoints/last.ckpt``."""
+    from datamodules import FederatedDataModule
     from fedshare.config import compose_saved
     from fedshare.train import build_model
-    from datamodules import FederatedDataModule
 
     cfg = compose_saved(run_dir / "config.yaml")
     dm = FederatedDataModule(cfg)
@@ -331,7 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     for arg in args:
         key, sep, value = arg.partition("=")
         if not sep or key not in ("run_dir", "requests", "method", "methods"):
-            print(f"error: expected run_dir=RUN [requests=FILE.csv] [method=NAME|methods=[a,b]], got {arg!r}", file=sys.stderr)
+            print(
+                f"error: expected run_dir=RUN [requests=FILE.csv] [method=NAME|methods=[a,b]], got {arg!r}",
+                file=sys.stderr,
+            )
             return 2
         opts[key] = value
     if "run_dir" not in opts:

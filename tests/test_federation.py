@@ -46,8 +46,12 @@ def test_vectorized_round_equals_per_client_reference(fraction: float, epochs: i
     user_emb = torch.randn(n_users, 8, generator=init) * 0.3
     item_emb = torch.randn(n_items, 8, generator=init) * 0.3
 
-    rows, upload, loss = client_round(user_emb[users], item_emb, data, plan, 0.5, 1e-2, batch_size, chunk_rows=16)
-    ref_rows, ref_upload, ref_loss = client_round_reference(user_emb[users], item_emb, data, plan, 0.5, 1e-2, batch_size)
+    rows, upload, loss = client_round(
+        user_emb[users], item_emb, data, plan, 0.5, 1e-2, batch_size, chunk_rows=16
+    )
+    ref_rows, ref_upload, ref_loss = client_round_reference(
+        user_emb[users], item_emb, data, plan, 0.5, 1e-2, batch_size
+    )
 
     torch.testing.assert_close(rows, ref_rows, atol=1e-5, rtol=0)
     torch.testing.assert_close(upload.weight_sum, ref_upload.weight_sum)
@@ -154,7 +158,9 @@ def test_bpr_grads_match_autograd() -> None:
     w = torch.rand(5, generator=gen)
     reg = 0.1
     x = (p * (qp - qn)).sum(-1)
-    loss = (w * (-torch.nn.functional.logsigmoid(x) + reg / 2 * (p.pow(2) + qp.pow(2) + qn.pow(2)).sum(-1))).sum()
+    loss = (
+        w * (-torch.nn.functional.logsigmoid(x) + reg / 2 * (p.pow(2) + qp.pow(2) + qn.pow(2)).sum(-1))
+    ).sum()
     loss.backward()
     dp, dpos, dneg, per_example = bpr_grads(p.detach(), qp.detach().clone(), qn.detach().clone(), w, reg)
     torch.testing.assert_close(dp, p.grad)

@@ -22,7 +22,9 @@ def test_notebook_runs_on_a_tiny_run(path: Path, tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("FEDSHARE_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("FEDSHARE_REPORT_DIR", str(tmp_path / "report"))
     notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     pngs = [p.name for p in (tmp_path / "report").glob("*.png")]
     assert pngs
     if path.name == "unlearning_report.ipynb":  # drew the real unlearning run, not the empty case

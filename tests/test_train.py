@@ -245,7 +245,9 @@ def test_learning_curve_on_test_for_data_without_validation(tiny: list[str], tmp
 def test_history_file_checkpoint_every_and_max_time(tiny: list[str], tmp_path: Path) -> None:
     run = tmp_path / "run"
     base = [*tiny, "logger=none", "eval.every=2"]
-    metrics, _ = train_mod.train(compose([*base, "fed.rounds=5", "checkpoint.every=2", f"paths.output_dir={run}"]))
+    metrics, _ = train_mod.train(
+        compose([*base, "fed.rounds=5", "checkpoint.every=2", f"paths.output_dir={run}"])
+    )
     history = json.loads((run / "history.json").read_text())["val"]
     assert [h["round"] for h in history] == [2, 4]
     assert history[-1]["val/recall@20"] == pytest.approx(metrics["val/recall@20"])

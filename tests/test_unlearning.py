@@ -292,7 +292,11 @@ def test_a_crash_between_requests_resumes_with_each_applied_once(tmp_path: Path)
 
     env.pop(unlearn_mod.ENV_KILL_AT_REQUEST)
     done = subprocess.run(
-        [sys.executable, "-m", "fedshare.unlearn", f"run_dir={folder}"], env=env, cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "fedshare.unlearn", f"run_dir={folder}"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [json.loads(x) for x in (folder / "unlearn" / "ledger.jsonl").read_text().splitlines()]
@@ -316,3 +320,14 @@ def test_unlearn_config_errors_name_the_key() -> None:
         compose(["unlearn.methods=[bogus]"])
     with pytest.raises(ConfigError, match="needs model=fedshare"):
         compose(["model=fedmf"])
+
+
+def test_wandb_gets_the_comparison_table_and_charts(tmp_path: Path, _isolated_home: Path) -> None:
+    folder = tmp_path / "run"
+    args = [*BASE, "logger=wandb", "logger.mode=offline", "unlearn.methods=[contrastive,delete_only]"]
+    train_mod.train(compose([*args, f"paths.output_dir={folder}"]))
+    offline = list((folder / "wandb").glob("offline-run-*"))
+    assert offline
+    blob = b"".join(p.read_bytes() for p in offline[0].glob("*.wandb"))
+    for key in (b"unlearn/comparison", b"unlearn/chart/", b"unlearn/contrastive/mia/auc", b"snapshots"):
+        assert key in blob, key
