@@ -313,7 +313,15 @@ def _to(upload: Upload, device: torch.device) -> Upload:
 
 
 def fru(ctx: UnlearnContext):
-    """Rollback of the server tables to before the revoked edges, then calibration (module docstring)."""
+    """Rollback of the server's graph tables to before the revoked edges, then calibration.
+
+    The graph tables lose the stored (top-α) updates of every round from the first revoked
+    edge's entry on, then each of those rounds is replayed as ``calib_steps`` graph steps on the
+    edited graph. With ``replay_q`` Q is rolled back too and the devices' stored rows are
+    FedAvg'ed into it each replayed round (over the round's full denominators): on ML-1M that
+    left Q out of step with the clients' private rows (Recall@20 0.03), so by default Q stays
+    as learned and the device stores, written and counted as FRU keeps them, are not replayed.
+    """
     calib_steps = int(ctx.options.get("calib_steps", FRU_CALIB_STEPS))
     devices, server_store = HistoryStore(ctx.store / "devices"), HistoryStore(ctx.store / "server")
     if not server_store.rounds():
@@ -324,19 +332,30 @@ def fru(ctx: UnlearnContext):
     server = model.server
     n_items = server.item_emb.shape[0]
     device = server.item_emb.device
+    replay_q = bool(ctx.options.get("replay_q", False))
     rolled = fru_rollback(server_tables(server), server_store, entered)
     with torch.no_grad():
         server.user0.copy_(rolled["user0"])
         server.item0.copy_(rolled["item0"])
-        server.item_emb.copy_(rolled["q"])
+        if replay_q:
+            server.item_emb.copy_(rolled["q"])
     optimizer = model.configure_optimizers()
     saved = server.steps
     server.steps = calib_steps
     replayed = 0
+    server_rounds = set(server_store.rounds())
     try:
         for t in (r for r in devices.rounds() if entered <= r <= ctx.rounds):
+            if not replay_q:  # Q and the private rows stay as learned; only the graph is replayed
+                server.graph_step(optimizer)
+                replayed += 1
+                continue
             stored = ClientUpdates.from_tensors(devices.load(t))
-            server.aggregate(_to(stored.upload(n_items), device))
+            upload = stored.upload(n_items)
+            weight_sum = server_store.load(t).get("q.weight_sum") if t in server_rounds else None
+            if weight_sum is not None:  # the round's full FedAvg denominators (FRURecorder)
+                upload = Upload(upload.delta_sum, torch.where(upload.weight_sum > 0, weight_sum, upload.weight_sum))
+            server.aggregate(_to(upload, device))
             server.graph_step(optimizer)
             replayed += 1
     finally:

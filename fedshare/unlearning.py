@@ -108,8 +108,8 @@ def contrastive(ctx: UnlearnContext):
     """Snapshot-anchored contrastive unlearning on the affected neighbourhood (module docstring)."""
     opts = ctx.options
     # defaults as configs/config.yaml (unlearn.contrastive)
-    steps, lr, tau = int(opts.get("steps", 200)), float(opts.get("lr", 0.05)), float(opts.get("tau", 0.2))
-    retain, batch = float(opts.get("retain", 0.5)), int(opts.get("batch", 4096))
+    steps, lr, tau = int(opts.get("steps", 150)), float(opts.get("lr", 0.07)), float(opts.get("tau", 0.2))
+    retain, batch = float(opts.get("retain", 0.3)), int(opts.get("batch", 4096))
     if ctx.snapshots is None:
         raise ValueError("contrastive unlearning needs the learning phase's snapshots (unlearn.snapshots)")
     old_graph: SharedGraph = ctx.learned.server.graph
@@ -157,7 +157,7 @@ def contrastive(ctx: UnlearnContext):
     # step, however small the gradient, and the rest of the graph owes nothing to the revoked edges
     frozen_u = torch.ones(graph.n_users, dtype=torch.bool)
     frozen_i = torch.ones(graph.n_items, dtype=torch.bool)
-    movable = weight >= float(opts.get("min_weight", 0.2))  # nodes the revoked edges shaped enough
+    movable = weight >= float(opts.get("min_weight", 0.1))  # nodes the revoked edges shaped enough
     frozen_u[aff_u[movable[: aff_u.numel()]]] = False
     frozen_i[aff_i[movable[aff_u.numel() :]]] = False
     optimizer = torch.optim.Adam([server.user0, server.item0], lr=lr)

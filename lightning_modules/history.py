@@ -131,10 +131,15 @@ class FRURecorder(_RoundRecorder):
         return True
 
     def record(self, round_: int, pl_module: pl.LightningModule, before: dict[str, Tensor]) -> None:
-        changes = self._round_changes(round_).top_alpha(self.alpha)
+        full = self._round_changes(round_)
+        changes = full.top_alpha(self.alpha)
         self.devices.save(round_, changes.tensors())
         after = server_tables(pl_module.server)
-        tensors: dict[str, Tensor] = {}
+        # FedAvg's denominators of the round (what the server received with the sums): replaying
+        # the top-α rows over them, not over their own weights, keeps each row's step unbiased
+        # in scale; over their own weights the largest updates alone drove Q away (ML-1M: recall 0)
+        n_items = after["q"].shape[0]
+        tensors: dict[str, Tensor] = {"q.weight_sum": full.upload(n_items).weight_sum.float()}
         for name, table in after.items():
             rows, updates = top_rows(table - before[name], self.alpha)
             tensors[f"{name}.rows"], tensors[f"{name}.updates"] = rows, updates

@@ -280,6 +280,10 @@ def test_fru_stores_top_alpha_rows_every_round(run) -> None:
             changed = srv_full[r][f"{name}.rows"].numel()
             assert srv[r][f"{name}.rows"].numel() == math.ceil(0.2 * changed)
             assert srv[r][f"{name}.updates"].shape == (math.ceil(0.2 * changed), DIM)
+        # the round's full FedAvg denominators: replaying top rows over them keeps each step's scale
+        full_weights = all_rows.upload(srv[r]["q.weight_sum"].numel()).weight_sum
+        torch.testing.assert_close(srv[r]["q.weight_sum"], full_weights)
+        assert (srv[r]["q.weight_sum"] >= top.upload(full_weights.numel()).weight_sum - 1e-6).all()
 
 
 def test_storage_is_the_bytes_on_disk(run) -> None:
