@@ -354,7 +354,9 @@ def fru(ctx: UnlearnContext):
             upload = stored.upload(n_items)
             weight_sum = server_store.load(t).get("q.weight_sum") if t in server_rounds else None
             if weight_sum is not None:  # the round's full FedAvg denominators (FRURecorder)
-                upload = Upload(upload.delta_sum, torch.where(upload.weight_sum > 0, weight_sum, upload.weight_sum))
+                upload = Upload(
+                    upload.delta_sum, torch.where(upload.weight_sum > 0, weight_sum, upload.weight_sum)
+                )
             server.aggregate(_to(upload, device))
             server.graph_step(optimizer)
             replayed += 1

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from fedshare.atomic import fsync_dir, replace_file
+
 HEADER = "user,item"
 EXPECTS = "the header 'user,item', then one pair per line: two non-negative integers 'user,item'"
 _INT = re.compile(r"[0-9]+", re.ASCII)
@@ -167,16 +169,8 @@ def write_requests_csv(path: str | Path, requests: Iterable[UnshareRequest]) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [HEADER] + [f"{r.user},{i}" for r in requests for i in r.items]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write("\n".join(rows) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    text = "\n".join(rows) + "\n"
+    replace_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,7 +327,7 @@ class RequestLedger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "ab") as f:
                 os.fsync(f.fileno())
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         self._replay()
 
     def _replay(self) -> None:
@@ -491,13 +485,8 @@ class RequestLedger:
         lines = [
             {"kind": "closed", "id": k, "user": u, "n_items": n} for k, (u, n) in sorted(closed.items())
         ] + self._applied_entries
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.write("".join(json.dumps(e, allow_nan=False) + "\n" for e in lines).encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        text = "".join(json.dumps(e, allow_nan=False) + "\n" for e in lines)
+        replace_file(self.path, lambda tmp: tmp.write_bytes(text.encode()))
         self._closed, self._requests, self._ids = closed, {}, {}
         self._n_lines = len(lines)
         self._applied = {}
@@ -532,17 +521,3 @@ def _snippet(raw: bytes) -> str:
 
 def _ids_text(requests: dict[int, UnshareRequest]) -> str:
     return f"0..{len(requests) - 1}" if requests else "none yet"
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Makes a new file's directory entry durable (POSIX; a no-op where unsupported)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 from torch import Tensor
+
+from fedshare.atomic import replace_file
 
 SPEC_KEY = "unlearn.snapshots"
 MANIFEST = "manifest.json"
@@ -73,20 +74,6 @@ def snapshot_rounds(spec: object, rounds: int) -> list[int]:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Makes the rename itself durable; some platforms cannot open a folder, which is fine."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _sha256_file(path: Path) -> str:
@@ -159,16 +146,7 @@ class SnapshotStore:
     def _atomic(self, path: Path, write: Callable[[Path], Any]) -> None:
         """``write(tmp)`` fills a temporary file beside ``path``, which then replaces it."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            write(tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(self.folder)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        replace_file(path, write)
 
     # -- snapshots -----------------------------------------------------------------------
 
