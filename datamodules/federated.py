@@ -12,7 +12,6 @@ What lives where (DESIGN.md section 1):
 from __future__ import annotations
 
 import copy
-
 import logging
 from collections.abc import Sequence
 from typing import Any

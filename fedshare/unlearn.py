@@ -11,7 +11,7 @@ from the server's stores. The learned checkpoint is the base and the ledger the 
 process that dies between two requests is resumed by the same command, which replays the
 applied requests (their pairs are deleted again in memory, never marked twice) and applies the
 pending ones. When every method has run, the server's files are scrubbed: the checkpoint holds
-the unlearned model (of the first method) and the edited graph, the snapshots' edge logs lose
+the unlearned model (of the first method) and the edited graph, fedEraser's stored client rows lose
 the revoked pairs, and the ledger keeps ids, users and counts only. The revoked pairs
 themselves stay on the devices (``unlearn/devices/revoked.csv``: the users' own record of what
 they took back, like their local data; no server code reads it).
@@ -257,23 +257,6 @@ def scrub(
         ckpt["server_graph"] = {k: v.cpu() for k, v in unlearned.server.graph.state().items()}
         ckpt["unlearned"] = True
         AtomicCheckpointIO().save_checkpoint(ckpt, ckpt_path)
-    folder = snapshot_dir(run_dir)
-    if folder.exists():
-        store = SnapshotStore(folder)
-        gu, gi = unlearned.server.graph.edges()
-        keep_keys = gu * unlearned.server.graph.n_items + gi
-
-        def drop_revoked(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            edges, rounds = tensors["graph.edges"], tensors["graph.rounds"]
-            keep = torch.isin(edges[:, 0] * unlearned.server.graph.n_items + edges[:, 1], keep_keys)
-            return {
-                **tensors,
-                "graph.edges": edges[keep].contiguous(),
-                "graph.rounds": rounds[keep].contiguous(),
-            }
-
-        for r in store.rounds():
-            store.rewrite(r, drop_revoked)
     eraser = run_dir / "unlearn" / "fedEraser"
     if eraser.exists():  # its server-side store holds each client's touched item rows
         from fedshare.baselines import ClientUpdates, HistoryStore

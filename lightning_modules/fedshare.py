@@ -149,15 +149,15 @@ class FedShareModule(FedMFModule):
         return self.server.state()
 
     def snapshot_tensors(self) -> dict[str, Tensor]:
-        """What an unlearning snapshot keeps (DESIGN.md section 3): the graph's layer-0 tables,
-        ``Q`` (the alignment ties it to them) and the edge log; no gradients, no client data."""
-        graph = self.server.graph.state()
+        """What an unlearning snapshot keeps (DESIGN.md section 3): the graph's layer-0 tables
+        and ``Q`` (the alignment ties it to them); no gradients, no client data, no edges. The
+        one edge log (which edge entered at which round) is the graph's own: a copy in every
+        snapshot would double the store and hold revoked pairs wherever a snapshot travels
+        (a W&B artifact, say)."""
         return {
             "user0": self.server.user0.detach().cpu(),
             "item0": self.server.item0.detach().cpu(),
             "item_emb": self.server.item_emb.detach().cpu(),
-            "graph.edges": graph["edges"],
-            "graph.rounds": graph["rounds"],
         }
 
     def unshare(self, users: Tensor, items: Tensor, refresh: bool = True) -> int:

@@ -86,9 +86,7 @@ def test_every_method_reports_every_key(run: Path) -> None:
     assert metrics["learn/forget/hit@20"] > metrics["unlearn/retrain/forget/hit@20"]
     snapshots = run / "unlearn" / "contrastive" / "snapshots"
     on_disk = sum(p.stat().st_size for p in snapshots.rglob("*") if p.is_file())
-    # counted when unlearning ran; the scrub afterwards only shrank the snapshots' edge logs
-    revoked_bytes = metrics["unlearn/revoked_pairs"] * 3 * 8 * 3  # (user, item, round) x 3 snapshots
-    assert 0 < on_disk <= metrics["unlearn/contrastive/storage_bytes"] <= on_disk + revoked_bytes + 4096
+    assert metrics["unlearn/contrastive/storage_bytes"] == on_disk > 0  # nothing rewrote them
     assert metrics["unlearn/retrain/storage_bytes"] == 0
     # the baselines keep update histories: far more than a few snapshots
     assert metrics["unlearn/fru/storage_bytes"] > metrics["unlearn/contrastive/storage_bytes"]
@@ -150,11 +148,9 @@ def test_no_revoked_pair_remains_in_any_server_file(run: Path) -> None:
     # the scan sees pairs where they are: the graph's shared edges, and the devices' own record
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["unlearned"] and ckpt["server_graph"]["edges"].shape[0] > 0
-    # the snapshots' edge logs lost the revoked pairs and nothing else
+    # snapshots hold embedding tables only: no edge travels with them (W&B artifacts included)
     snap = load_file(run / "unlearn" / "contrastive" / "snapshots" / "snapshot-r00006.safetensors")
-    assert {tuple(e) for e in snap["graph.edges"].tolist()} == {
-        tuple(e) for e in ckpt["server_graph"]["edges"].tolist()
-    }
+    assert sorted(snap) == ["item0", "item_emb", "user0"]
 
 
 def test_the_scan_sees_a_pair_put_back_into_a_server_file(run: Path, tmp_path: Path) -> None:
