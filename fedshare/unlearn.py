@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fedshare.atomic import replace_file
 from fedshare.requests import (
     RequestError,
     RequestLedger,
@@ -278,11 +279,23 @@ def scrub(
 
 
 def _merge_metrics(path: Path, new: dict[str, float]) -> None:
+    """Puts this session's ``learn/`` and ``unlearn/`` keys into metrics.json.
+
+    A later session (more requests on a finished run) replaces the earlier session's keys as a
+    whole, so one file never mixes methods judged on different requests; the earlier keys move
+    to ``unlearn/sessions/<n>.json``."""
     old = json.loads(path.read_text()) if path.exists() else {}
-    old.update(new)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(old, indent=2, sort_keys=True, allow_nan=True) + "\n")
-    tmp.replace(path)
+    prior = {k: v for k, v in old.items() if k.startswith(("learn/", "unlearn/"))}
+    if prior:
+        sessions = path.parent / "unlearn" / "sessions"
+        sessions.mkdir(parents=True, exist_ok=True)
+        n = len(list(sessions.glob("*.json"))) + 1
+        text = json.dumps(prior, indent=2, sort_keys=True, allow_nan=True) + "\n"
+        replace_file(sessions / f"{n}.json", lambda tmp: tmp.write_text(text))
+    merged = {k: v for k, v in old.items() if k not in prior}
+    merged.update(new)
+    text = json.dumps(merged, indent=2, sort_keys=True, allow_nan=True) + "\n"
+    replace_file(path, lambda tmp: tmp.write_text(text))
 
 
 # ---- python -m fedshare.unlearn --------------------------------------------------------------

@@ -261,7 +261,14 @@ def test_requests_from_a_file_then_a_repeat_is_a_no_op(run: Path, tmp_path: Path
     u, i = ckpt["server_graph"]["edges"][0].tolist()
     csv = tmp_path / "req.csv"
     csv.write_text(f"user,item\n{u},{i}\n")
+    before_metrics = json.loads((folder / "metrics.json").read_text())
     assert unlearn_mod.main([f"run_dir={folder}", f"requests={csv}", "method=delete_only"]) == 0
+    # the new session's keys replace the first session's whole; those are kept aside
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["unlearn/revoked_pairs"] == 1 and "unlearn/retrain/mia/auc" not in metrics
+    assert metrics["test/recall@20"] == before_metrics["test/recall@20"]  # the learning phase's own
+    kept = json.loads((folder / "unlearn" / "sessions" / "1.json").read_text())
+    assert kept["unlearn/retrain/mia/auc"] == before_metrics["unlearn/retrain/mia/auc"]
     after = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert (u, i) not in {tuple(e) for e in after["server_graph"]["edges"].tolist()}
     assert (u, i) in _revoked(folder)
