@@ -30,6 +30,7 @@ from fedshare.config import GROUPS, OVERLAYS, ConfigError, available, compose, s
 from fedshare.faults import fault_callbacks
 from fedshare.readers import DatasetError
 from fedshare.report import format_comparison, log_wandb, write_figures
+from fedshare.requests import RequestError, read_requests_csv
 from fedshare.runtime import tune_allocator
 from fedshare.snapshots import SnapshotStore, snapshot_rounds
 from fedshare.unlearn import snapshot_dir, unlearn_phase
@@ -221,6 +222,8 @@ def train(cfg: DictConfig, command: str | None = None) -> tuple[dict[str, float]
     dm.prepare_data()
     dm.setup("fit")
     model = build_model(cfg, dm)
+    if cfg.unlearn.methods and cfg.unlearn.requests.file:  # a malformed request file stops the run now
+        read_requests_csv(Path(cfg.unlearn.requests.file), dm.n_users, dm.n_items)
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume_from is None:
         save(cfg, run_dir / "config.yaml")
@@ -360,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RunFolderError as err:
         print(f"run folder error: {err}", file=sys.stderr)
+        return 2
+    except RequestError as err:
+        print(f"request error: {err}", file=sys.stderr)
         return 2
     except RunInterrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)

@@ -334,3 +334,13 @@ def test_wandb_gets_the_comparison_table_and_charts(tmp_path: Path, _isolated_ho
     blob = b"".join(p.read_bytes() for p in offline[0].glob("*.wandb"))
     for key in (b"unlearn/comparison", b"unlearn/chart/", b"unlearn/contrastive/mia/auc", b"snapshots"):
         assert key in blob, key
+
+
+def test_a_bad_request_file_in_the_config_stops_before_training(tmp_path: Path, capsys) -> None:
+    csv = tmp_path / "req.csv"
+    csv.write_text("user,item\n1,x\n")
+    folder = tmp_path / "run"
+    args = [*BASE, "unlearn.methods=[delete_only]", f"unlearn.requests.file={csv}", f"paths.output_dir={folder}"]
+    assert train_mod.main(args) == 2
+    assert re.search(r"req\.csv:2", capsys.readouterr().err)
+    assert not folder.exists()  # nothing was trained or written
