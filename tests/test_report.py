@@ -268,7 +268,7 @@ def test_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ------------------------------------------------------------------------------- results page
 ROOT = Path(__file__).resolve().parent.parent
-COMMAND = "python -m fedshare.train experiment=fedshare_unlearn data=ml-1m data.root=../shared/datasets"
+COMMAND = "python -m fedshare.train experiment=fedshare_unlearn data=ml-1m data.root=/data/datasets"
 # every check passes: recall gap 0.42%, MIA gap 0.0300, forget 0.0400 <= 0.5500, 60.0x,
 # storage 10.00% of fru's and 2.50% of fedEraser's
 PASSING = {
@@ -297,7 +297,7 @@ def make_page_run(
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "config.yaml").write_text(
-        f"data:\n  name: {data}\n  root: ../shared/datasets\nseed: {seed}\nfed:\n  rounds: 40\n"
+        f"data:\n  name: {data}\n  root: /data/datasets\nseed: {seed}\nfed:\n  rounds: 40\n"
         f"unlearn:\n  methods: [{', '.join(methods)}]\n  k: 20\n"
         "  requests:\n    file: null\n    user_fraction: 0.05\n    item_fraction: 0.5\n    seed: 0\n"
     )
