@@ -54,6 +54,11 @@ class FedMFClients(nn.Module):
 
     def fit(self, cohort: Tensor, item_table: Tensor) -> tuple[Upload, Tensor]:
         """The cohort's local epochs on its own data; private rows are updated in place."""
+        return self._local_round(cohort, item_table)
+
+    def _local_round(self, cohort: Tensor, item_table: Tensor, after_epoch=None) -> tuple[Upload, Tensor]:
+        """`client_round` on the cohort's data (``after_epoch``: see there; the recorder's hook
+        when one is installed); private rows are updated in place."""
         data = cohort_data(cohort, self.train_indptr, self.train_items)
         plan = plan_round(data, self.n_items, self.local_epochs, self.round_gen)
         rows, upload, loss = client_round(
@@ -64,6 +69,7 @@ class FedMFClients(nn.Module):
             self.lr,
             self.reg,
             self.batch_size,
+            after_epoch=after_epoch,
             on_changes=self._change_hook(cohort, data),
         )
         self.user_emb[cohort] = rows

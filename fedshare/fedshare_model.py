@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fedshare.federation import client_round, cohort_data, plan_round
+from fedshare.federation import cohort_data
 from fedshare.fedmf import FedAvgServer, FedMFClients
 from fedshare.graph import SharedGraph
 from fedshare.interactions import UserCSR
@@ -98,23 +98,10 @@ class FedShareClients(FedMFClients):
 
     def fit(self, cohort: Tensor, item_table: Tensor, views: ViewMessage | None = None):
         """Local epochs of BPR on ``D_u``; sharing clients align ``p_u`` with ``z_u`` after each."""
-        data = cohort_data(cohort, self.train_indptr, self.train_items)
-        plan = plan_round(data, self.n_items, self.local_epochs, self.round_gen)
         align, cl_losses = None, []
         if views is not None and views.n_sharing and self.lambda_cl > 0:
             align = self._aligner(cohort, views, cl_losses)
-        rows, upload, loss = client_round(
-            self.user_emb[cohort],
-            item_table,
-            data,
-            plan,
-            self.lr,
-            self.reg,
-            self.batch_size,
-            after_epoch=align,
-            on_changes=self._change_hook(cohort, data),
-        )
-        self.user_emb[cohort] = rows
+        upload, loss = self._local_round(cohort, item_table, after_epoch=align)
         cl = torch.stack(cl_losses).mean() if cl_losses else torch.zeros(())
         return upload, {"bpr": loss, "cl": cl}
 

@@ -19,6 +19,7 @@ they took back, like their local data; no server code reads it).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -160,8 +161,9 @@ def apply_deletions(model, ledger: RequestLedger) -> tuple[torch.Tensor, torch.T
             removed = model.unshare(users, items, refresh=False) if users.numel() else 0
             ledger.mark_applied(SERVER, rid, removed=int(removed), time_s=time.perf_counter() - t0)
             done += 1
-        all_u.append(request.pairs()[0])
-        all_i.append(request.pairs()[1])
+        ru, ri = request.pairs()
+        all_u.append(ru)
+        all_i.append(ri)
     model.server.refresh_views()
     if not all_u:
         empty = torch.empty(0, dtype=torch.int64)
@@ -185,8 +187,6 @@ def unlearn_phase(
     ``build(dm)`` makes a fresh module with the run's config (retrain). Returns the flat
     ``learn/...`` and ``unlearn/<method>/...`` metrics; also writes them into metrics.json.
     """
-    import copy
-
     ucfg = cfg.unlearn
     methods = list(methods if methods is not None else ucfg.methods)
     k = int(ucfg.k)

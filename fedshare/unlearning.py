@@ -100,10 +100,6 @@ def retrain(ctx: UnlearnContext):
     return model
 
 
-def _views(graph: SharedGraph, user0: Tensor, item0: Tensor, layers: int) -> tuple[Tensor, Tensor]:
-    return graph.propagate(user0, item0, layers)
-
-
 def contrastive(ctx: UnlearnContext):
     """Snapshot-anchored contrastive unlearning on the affected neighbourhood (module docstring)."""
     opts = ctx.options
@@ -134,13 +130,13 @@ def contrastive(ctx: UnlearnContext):
         old_graph, ctx.users, ctx.items, aff_u, aff_i, str(opts.get("weighting", "influence"))
     )
     with torch.no_grad():
-        pu, pi = _views(graph, snap["user0"], snap["item0"], layers)
+        pu, pi = graph.propagate(snap["user0"], snap["item0"], layers)
         positive = torch.cat([pu[aff_u], pi[aff_i]])
         negatives = []
         for user0, item0 in [(server.user0, server.item0)] + [
             (s["user0"], s["item0"]) for s in (ctx.snapshots.load(r) for r in later)
         ]:
-            nu, ni = _views(old_graph, user0.detach(), item0.detach(), layers)
+            nu, ni = old_graph.propagate(user0.detach(), item0.detach(), layers)
             negatives.append(torch.cat([nu[aff_u], ni[aff_i]]))
         negatives = torch.stack(negatives, dim=1)  # [nodes, n_neg, d]
 
@@ -163,7 +159,7 @@ def contrastive(ctx: UnlearnContext):
     optimizer = torch.optim.Adam([server.user0, server.item0], lr=lr)
     for _ in range(steps):
         with torch.enable_grad():
-            zu, zi = _views(graph, server.user0, server.item0, layers)
+            zu, zi = graph.propagate(server.user0, server.item0, layers)
             anchor = F.normalize(torch.cat([zu[aff_u], zi[aff_i]]), dim=-1)
             pos = (anchor * F.normalize(positive, dim=-1)).sum(-1, keepdim=True)
             neg = torch.einsum("nd,nkd->nk", anchor, F.normalize(negatives, dim=-1))
@@ -181,7 +177,7 @@ def contrastive(ctx: UnlearnContext):
 
     # Q was pulled toward the old item views; pull the affected rows toward the corrected ones
     with torch.no_grad():
-        _, zi = _views(graph, server.user0, server.item0, layers)
+        _, zi = graph.propagate(server.user0, server.item0, layers)
     items = aff_i[: server.align_items] if aff_i.numel() > server.align_items else aff_i
     if server.lambda_cl > 0 and server.q_align_lr > 0 and items.numel() > 1:
         for _ in range(int(opts.get("q_steps", 5))):
