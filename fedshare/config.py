@@ -204,6 +204,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"'eval.ks' must be a non-empty list of positive integers, got {list(ks)}")
     if not 0 < cfg.fed.cohort_fraction <= 1:
         raise ConfigError(f"'fed.cohort_fraction' must be in (0, 1], got {cfg.fed.cohort_fraction}")
+    if not isinstance(cfg.fed.nodes, int) or isinstance(cfg.fed.nodes, bool) or cfg.fed.nodes < 1:
+        raise ConfigError(f"'fed.nodes' must be an integer >= 1, got {cfg.fed.nodes!r}")
     if cfg.fed.rounds < 0:
         raise ConfigError(f"'fed.rounds' must be >= 0, got {cfg.fed.rounds}")
     # the data and sharing modules own their rules; ask them now, before any work

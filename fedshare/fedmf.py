@@ -22,6 +22,18 @@ from fedshare.interactions import UserCSR
 from fedshare.seeding import torch_generator
 
 
+def shard_of(users: Tensor, nodes: int) -> Tensor:
+    """The node hosting each user: ``user % nodes`` (``fed.nodes``; a Flower SuperNode's
+    ``shard`` in its node config)."""
+    return torch.remainder(users, nodes)
+
+
+def round_purpose(node: int) -> str:
+    """The seeding purpose of node ``node``'s draws; node 0's is the one-node stream, so a
+    run with ``fed.nodes=1`` draws what it always drew."""
+    return "round" if node == 0 else f"round/{node}"
+
+
 class FedMFClients(nn.Module):
     def __init__(
         self,
@@ -34,13 +46,18 @@ class FedMFClients(nn.Module):
         lr: float,
         reg: float,
         seed: int,
+        nodes: int = 1,
     ) -> None:
         super().__init__()
         self.local_epochs, self.batch_size, self.lr, self.reg = local_epochs, batch_size, lr, reg
         self.register_buffer("user_emb", torch.randn(n_users, dim, generator=init) * init_std)
         self.register_buffer("train_indptr", torch.zeros(n_users + 1, dtype=torch.long), persistent=False)
         self.register_buffer("train_items", torch.zeros(0, dtype=torch.long), persistent=False)
-        self.round_gen = torch_generator(seed, "round")  # shuffles and negatives, drawn on devices
+        if nodes < 1:
+            raise ValueError(f"fed.nodes must be >= 1, got {nodes}")
+        self.nodes = int(nodes)
+        # shuffles and negatives are drawn on the devices: one stream per node (see `shard_of`)
+        self.round_gens = [torch_generator(seed, round_purpose(k)) for k in range(self.nodes)]
         # optional ``(cohort, weights) -> on_changes`` hook factory (see `client_round`): set by
         # the unlearning baselines' recorders (fedshare.baselines.RoundChanges) while they record
         self.change_recorder: Any = None
@@ -52,15 +69,43 @@ class FedMFClients(nn.Module):
         self.train_items = torch.from_numpy(np.ascontiguousarray(train.items)).to(device)
         self.n_items = train.n_items
 
+    @property
+    def round_gen(self) -> torch.Generator:
+        """Node 0's stream (the only one when ``nodes == 1``)."""
+        return self.round_gens[0]
+
     def fit(self, cohort: Tensor, item_table: Tensor) -> tuple[Upload, Tensor]:
         """The cohort's local epochs on its own data; private rows are updated in place."""
-        return self._local_round(cohort, item_table)
+        upload, loss_sum, steps = self.fit_nodes(cohort, item_table)
+        return upload, loss_sum / max(1, steps)
 
-    def _local_round(self, cohort: Tensor, item_table: Tensor, after_epoch=None) -> tuple[Upload, Tensor]:
+    def fit_nodes(self, cohort: Tensor, item_table: Tensor, aligner=None) -> tuple[Upload, Tensor, int]:
+        """The cohort's round, node by node: each node's clients (``shard_of``) run their local
+        epochs at once with that node's stream of draws, and the uploads add up, as on a
+        deployment. Returns the summed upload, the summed loss of every client step and the
+        number of client steps. ``aligner(part)`` gives the ``after_epoch`` of a node's part."""
+        upload, loss_sum, steps = None, torch.zeros(()), 0
+        shard = shard_of(cohort, self.nodes)
+        for k in range(self.nodes):
+            part = cohort if self.nodes == 1 else cohort[shard == k]
+            if part.numel() == 0:
+                continue
+            after_epoch = aligner(part) if aligner is not None else None
+            sent, loss, n_steps = self._local_round(part, item_table, self.round_gens[k], after_epoch)
+            upload = sent if upload is None else upload + sent
+            loss_sum, steps = loss_sum + loss.cpu() * n_steps, steps + n_steps
+        if upload is None:
+            upload = Upload(torch.zeros_like(item_table), item_table.new_zeros(item_table.shape[0]))
+        return upload, loss_sum, steps
+
+    def _local_round(
+        self, cohort: Tensor, item_table: Tensor, generator: torch.Generator, after_epoch=None
+    ) -> tuple[Upload, Tensor, int]:
         """`client_round` on the cohort's data (``after_epoch``: see there; the recorder's hook
-        when one is installed); private rows are updated in place."""
+        when one is installed); private rows are updated in place. Returns the upload, the
+        mean loss per client step and the number of client steps."""
         data = cohort_data(cohort, self.train_indptr, self.train_items)
-        plan = plan_round(data, self.n_items, self.local_epochs, self.round_gen)
+        plan = plan_round(data, self.n_items, self.local_epochs, generator)
         rows, upload, loss = client_round(
             self.user_emb[cohort],
             item_table,
@@ -73,7 +118,12 @@ class FedMFClients(nn.Module):
             on_changes=self._change_hook(cohort, data),
         )
         self.user_emb[cohort] = rows
-        return upload, loss
+        degrees = data.degrees
+        if self.batch_size > 0:
+            n_steps = int(((degrees + self.batch_size - 1) // self.batch_size).sum())
+        else:
+            n_steps = int((degrees > 0).sum())
+        return upload, loss, n_steps * self.local_epochs
 
     def _change_hook(self, cohort: Tensor, data) -> Any:
         """The recorder's per-round hook (None when nothing records); weights as `Upload`'s."""
@@ -86,11 +136,15 @@ class FedMFClients(nn.Module):
         return self.user_emb[users] @ item_table.T
 
     def generator_states(self) -> dict[str, Any]:
-        return {"round": self.round_gen.get_state()}
+        out = {"round": self.round_gens[0].get_state()}
+        out.update({f"round/{k}": g.get_state() for k, g in enumerate(self.round_gens) if k})
+        return out
 
     def load_generator_states(self, states: dict[str, Any]) -> None:
-        if "round" in states:
-            self.round_gen.set_state(states["round"])
+        for k, gen in enumerate(self.round_gens):
+            key = "round" if k == 0 else f"round/{k}"
+            if key in states:
+                gen.set_state(states[key])
 
 
 class FedAvgServer(nn.Module):

@@ -98,12 +98,29 @@ class FedShareClients(FedMFClients):
 
     def fit(self, cohort: Tensor, item_table: Tensor, views: ViewMessage | None = None):
         """Local epochs of BPR on ``D_u``; sharing clients align ``p_u`` with ``z_u`` after each."""
-        align, cl_losses = None, []
+        upload, sums = self.fit_sums(cohort, item_table, views)
+        bpr = sums["bpr_sum"] / max(1, int(sums["bpr_steps"]))
+        cl = sums["cl_sum"] / max(1, int(sums["cl_steps"]))
+        return upload, {"bpr": bpr, "cl": cl}
+
+    def fit_sums(self, cohort: Tensor, item_table: Tensor, views: ViewMessage | None = None):
+        """`fit` with the losses as sums and counts (``bpr_sum``, ``bpr_steps``, ``cl_sum``,
+        ``cl_steps``): what a node of a deployment reports, so the server's means over all
+        nodes equal the in-process ones."""
+        aligner, cl_losses = None, []
         if views is not None and views.n_sharing and self.lambda_cl > 0:
-            align = self._aligner(cohort, views, cl_losses)
-        upload, loss = self._local_round(cohort, item_table, after_epoch=align)
-        cl = torch.stack(cl_losses).mean() if cl_losses else torch.zeros(())
-        return upload, {"bpr": loss, "cl": cl}
+
+            def aligner(part: Tensor):
+                return self._aligner(part, views, cl_losses)
+
+        upload, bpr_sum, bpr_steps = self.fit_nodes(cohort, item_table, aligner)
+        cl_sum = torch.stack(cl_losses).sum().cpu() if cl_losses else torch.zeros(())
+        return upload, {
+            "bpr_sum": bpr_sum,
+            "bpr_steps": bpr_steps,
+            "cl_sum": cl_sum,
+            "cl_steps": len(cl_losses),
+        }
 
     def _aligner(self, cohort: Tensor, views: ViewMessage, losses: list[Tensor]):
         """The alignment step: ``p_u -= lr * lambda_cl * grad InfoNCE(p_u, z_u; pool)``.

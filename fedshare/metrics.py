@@ -58,6 +58,35 @@ def topk_hits(scores: Tensor, target_rows: Tensor, target_cols: Tensor, k: int) 
     return hits
 
 
+def rows_of(indptr: Tensor, items: Tensor, users: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The CSR rows of ``users``: (batch position of each entry, item id, entries per user)."""
+    from fedshare.interactions import gather_rows
+
+    new_indptr, cols = gather_rows(indptr, items, users)
+    counts = new_indptr.diff()
+    rows = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), counts)
+    return rows, cols, counts
+
+
+def update_ranking(
+    metric: RankingMetrics,
+    scores: Tensor,
+    users: Tensor,
+    history: Sequence[tuple[Tensor, Tensor]],
+    target: tuple[Tensor, Tensor],
+    groups: Tensor,
+) -> None:
+    """One evaluation batch: mask each user's known items (``history``: CSR ``(indptr, items)``
+    pairs), rank, and add the users' hits on ``target`` to ``metric``. The one code path of
+    every evaluation, in-process and on a deployment's nodes."""
+    for indptr, items in history:
+        rows, cols, _ = rows_of(indptr, items, users)
+        mask_history(scores, rows, cols)
+    rows, cols, n_target = rows_of(*target, users)
+    hits = topk_hits(scores, rows, cols, min(metric.max_k, scores.shape[1]))
+    metric.update(hits, n_target, groups)
+
+
 def _discounts(k: int, device: torch.device) -> Tensor:
     """``1 / log2(r + 2)`` for ranks ``r = 0..k-1``."""
     return 1.0 / torch.log2(torch.arange(k, device=device, dtype=torch.float32) + 2.0)
@@ -161,6 +190,13 @@ class RankingMetrics(Metric):
         values = values * counted.unsqueeze(1).to(values.dtype)
         self.sums.index_add_(0, groups, values)
         self.counts.index_add_(0, groups, counted.to(torch.long))
+
+    def add_sums(self, sums: Tensor, counts: Tensor) -> None:
+        """Adds the state of another evaluator (a node of a deployment): the sum reduction
+        that DDP applies across processes."""
+        self.sums += sums.to(self.sums)
+        self.counts += counts.to(self.counts)
+        self._update_count += 1
 
     def compute(self) -> dict[str, Tensor]:
         total = self.counts.sum()

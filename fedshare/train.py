@@ -117,18 +117,24 @@ MODULES = {"fedmf": FedMFModule, "fedshare": FedShareModule, "lightgcn": LightGC
 FEDERATED = ("fedmf", "fedshare")
 
 
-def build_model(cfg: DictConfig, dm: FederatedDataModule) -> pl.LightningModule:
+def new_model(cfg: DictConfig, n_users: int, n_items: int) -> pl.LightningModule:
+    """The module of ``cfg.model``, initialised (the seed's draws), before any data is attached."""
     m = cfg.model
     ks = list(cfg.eval.ks)
     if m.name == "popularity":
-        model: pl.LightningModule = PopularityModule(dm.n_items, ks=ks)
-    elif m.name in MODULES:
+        return PopularityModule(n_items, ks=ks)
+    if m.name in MODULES:
         kwargs = {k: v for k, v in OmegaConf.to_container(m, resolve=True).items() if k != "name"}
         if m.name in FEDERATED:
             kwargs["cohort_fraction"] = cfg.fed.cohort_fraction
-        model = MODULES[m.name](dm.n_users, dm.n_items, seed=cfg.seed, ks=ks, **kwargs)
-    else:  # compose() validates model.name; this guards a new name added there but not here
-        raise ConfigError(f"model.name={m.name!r} has no module; accepted: popularity, {', '.join(MODULES)}")
+            kwargs["nodes"] = int(cfg.fed.nodes)
+        return MODULES[m.name](n_users, n_items, seed=cfg.seed, ks=ks, **kwargs)
+    # compose() validates model.name; this guards a new name added there but not here
+    raise ConfigError(f"model.name={m.name!r} has no module; accepted: popularity, {', '.join(MODULES)}")
+
+
+def build_model(cfg: DictConfig, dm: FederatedDataModule) -> pl.LightningModule:
+    model = new_model(cfg, dm.n_users, dm.n_items)
     model.attach_data(dm)
     return model
 

@@ -34,12 +34,15 @@ class FedMFModule(RankingModule):
         cohort_fraction: float = 1.0,
         seed: int = 0,
         ks: Sequence[int] = (10, 20),
+        nodes: int = 1,
     ) -> None:
         super().__init__(ks)
         self.save_hyperparameters()
         self.automatic_optimization = False
         init = torch_generator(seed, "init")
-        self.clients = FedMFClients(n_users, dim, init, init_std, local_epochs, batch_size, lr, reg, seed)
+        self.clients = FedMFClients(
+            n_users, dim, init, init_std, local_epochs, batch_size, lr, reg, seed, nodes=nodes
+        )
         self.server = FedAvgServer(n_users, n_items, dim, init, init_std, server_lr, cohort_fraction, seed)
 
     def attach_data(self, dm) -> None:

@@ -23,6 +23,33 @@ from lightning_modules.fedmf import FedMFModule
 from lightning_modules.ranking import RankingModule
 
 
+def round_logs(
+    module: FedShareModule,
+    sums: dict[str, Any],
+    cohort: Tensor,
+    views: Any,
+    server_losses: dict[str, float],
+    client_s: float,
+    server_s: float,
+) -> dict[str, float]:
+    """A round's logged values, from the clients' loss sums (`FedShareClients.fit_sums`, summed
+    over nodes on a deployment) and the server's step: the same keys in-process and on Flower."""
+    bpr = float(sums["bpr_sum"]) / max(1, int(sums["bpr_steps"]))
+    cl = float(sums["cl_sum"]) / max(1, int(sums["cl_steps"]))
+    return {
+        "train/bpr": bpr,
+        "train/cl": cl,
+        "train/loss": bpr + module.clients.lambda_cl * cl,
+        "train/cohort": float(cohort.numel()),
+        "train/sharing_cohort": float(views.n_sharing if views is not None else 0),
+        "graph/edges": float(module.server.graph.n_edges),
+        "time/client_s": client_s,
+        "time/server_s": server_s,
+        "time/round_s": client_s + server_s,
+        **{f"server/{k}": v for k, v in server_losses.items()},
+    }
+
+
 class FedShareModule(FedMFModule):
     def __init__(
         self,
@@ -53,6 +80,7 @@ class FedShareModule(FedMFModule):
         share_weighted: bool = False,
         lambda_item: float | None = 1.0,
         align_graph: bool = False,
+        nodes: int = 1,
     ) -> None:
         # FedMF's clients and server are built, then replaced by their FedShare extensions
         super().__init__(
@@ -68,6 +96,7 @@ class FedShareModule(FedMFModule):
             cohort_fraction,
             seed,
             ks,
+            nodes,
         )
         self.save_hyperparameters()
         self.beta = beta
@@ -82,6 +111,7 @@ class FedShareModule(FedMFModule):
             lr,
             reg,
             seed,
+            nodes=nodes,
             lambda_cl=lambda_cl,
             tau=tau,
             share_weighted=share_weighted,
@@ -124,23 +154,12 @@ class FedShareModule(FedMFModule):
         t0 = time.perf_counter()
         self.server.receive_shares(*self.clients.shares_starting(round_), round_)
         cohort, item_table, views = self.server.configure_round()
-        upload, client_losses = self.clients.fit(cohort, item_table, views)
+        upload, sums = self.clients.fit_sums(cohort, item_table, views)
         t1 = time.perf_counter()
         self.server.aggregate(upload)
         server_losses = self.server.graph_step(optimizer)
         t2 = time.perf_counter()
-        return {
-            "train/bpr": float(client_losses["bpr"]),
-            "train/cl": float(client_losses["cl"]),
-            "train/loss": float(client_losses["bpr"] + self.clients.lambda_cl * client_losses["cl"]),
-            "train/cohort": float(cohort.numel()),
-            "train/sharing_cohort": float(views.n_sharing if views is not None else 0),
-            "graph/edges": float(self.server.graph.n_edges),
-            "time/client_s": t1 - t0,
-            "time/server_s": t2 - t1,
-            "time/round_s": t2 - t0,
-            **{f"server/{k}": v for k, v in server_losses.items()},
-        }
+        return round_logs(self, sums, cohort, views, server_losses, t1 - t0, t2 - t1)
 
     def score_users(self, users: Tensor) -> Tensor:
         return self.clients.score(users, self.server.item_emb, self.server.views(pool=False), self.beta)

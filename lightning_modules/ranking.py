@@ -8,8 +8,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from fedshare.interactions import UserCSR, gather_rows
-from fedshare.metrics import RankingMetrics, mask_history, topk_hits
+from fedshare.interactions import UserCSR
+from fedshare.metrics import RankingMetrics, update_ranking
 
 
 def _csr_buffers(module: pl.LightningModule, name: str, csr: UserCSR) -> None:
@@ -47,23 +47,15 @@ class RankingModule(pl.LightningModule):
     def score_users(self, users: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def _rows(self, name: str, users: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        indptr, items = getattr(self, f"{name}_indptr"), getattr(self, f"{name}_items")
-        new_indptr, cols = gather_rows(indptr, items, users)
-        counts = new_indptr.diff()
-        rows = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), counts)
-        return rows, cols, counts
-
     def _evaluate(self, users: Tensor, target: str, history: Sequence[str], metric: RankingMetrics) -> None:
         users = users.to(self.device)
         with torch.no_grad():
             scores = self.score_users(users).float()
-        for name in history:
-            rows, cols, _ = self._rows(name, users)
-            mask_history(scores, rows, cols)
-        rows, cols, n_target = self._rows(target, users)
-        hits = topk_hits(scores, rows, cols, min(metric.max_k, scores.shape[1]))
-        metric.update(hits, n_target, self.share_group[users])
+        csr = {
+            name: (getattr(self, f"{name}_indptr"), getattr(self, f"{name}_items"))
+            for name in (*history, target)
+        }
+        update_ranking(metric, scores, users, [csr[n] for n in history], csr[target], self.share_group[users])
 
     def validation_step(self, users: Tensor, batch_idx: int) -> None:
         if self.val_split == "test":  # a learning curve on test, masked as the test stage masks

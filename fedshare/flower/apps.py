@@ -1,0 +1,272 @@
+"""Flower's ServerApp and ClientApp for FedShare (Flower 1.42 Message API, deployment engine).
+
+The ServerApp reads the run's ``config.yaml`` from the run folder named in the run config
+(``run-dir``), sets the nodes up (each answers with its shard), then drives the rounds with
+`FedShareStrategy` and writes the run folder as ``python -m fedshare.train`` does:
+``metrics.json``, ``history.json``, snapshots, and ``checkpoints/server.ckpt`` (the server's
+state; the launcher joins it with the nodes' rows into ``checkpoints/last.ckpt``).
+
+A node that fails or misses a round's deadline (``flower.round_timeout``) is logged and left
+out from then on: its users are skipped, the run goes on with the other nodes, and
+``metrics.json`` says which shards were lost and when (``flower/lost_shard/<k>``: the round).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from fedshare.flower.node import Node
+from fedshare.flower.strategy import FedShareStrategy, setup_content
+
+log = logging.getLogger("fedshare.flower")
+
+KIND_TYPE = {"setup": "query", "train": "train", "evaluate": "evaluate", "finish": "query"}
+
+
+class FlowerRunError(RuntimeError):
+    """The federation cannot go on (too few nodes, a node with the wrong shard, ...)."""
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)  # the ServerApp's stdout is what `flwr run --stream` shows
+
+
+# ---- the ServerApp ---------------------------------------------------------------------------------
+def exchange(
+    grid: Any, kind: str, contents: dict[int, RecordDict], node_of: dict[int, int], timeout: float, group: str
+) -> tuple[dict[int, RecordDict], dict[int, str]]:
+    """Sends ``contents[shard]`` to the shard's node; returns the replies and the failures.
+
+    Replies are pulled every 50 ms (``Grid.send_and_receive`` sleeps 3 s between pulls)."""
+    shard_of_node = {n: k for k, n in node_of.items()}
+    messages = [Message(content, node_of[k], KIND_TYPE[kind], group_id=group) for k, content in contents.items()]
+    waiting = set(grid.push_messages(messages))
+    replies, failed = {}, {}
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        for reply in grid.pull_messages(waiting):
+            waiting.discard(reply.metadata.reply_to_message_id)
+            k = shard_of_node.get(reply.metadata.src_node_id)
+            if k is None:
+                continue
+            if reply.has_error():
+                failed[k] = f"error {reply.error.code}: {reply.error.reason}"
+            else:
+                replies[k] = reply.content
+        if waiting:
+            time.sleep(0.05)
+    for k in contents:
+        if k not in replies and k not in failed:
+            failed[k] = f"no reply within flower.round_timeout={timeout:g} s"
+    return replies, failed
+
+
+def wait_for_nodes(grid: Any, n: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = sorted(grid.get_node_ids())
+        if len(ids) >= n:
+            return ids
+        if time.monotonic() > deadline:
+            raise FlowerRunError(
+                f"only {len(ids)} of fed.nodes={n} SuperNodes connected within flower.start_timeout={timeout:g} s"
+            )
+        time.sleep(0.2)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, allow_nan=True) + "\n")
+    tmp.replace(path)
+
+
+def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
+    """The whole run on ``grid``; returns (and writes) the run's metrics."""
+
+    from fedshare.snapshots import SnapshotStore, snapshot_rounds
+    from fedshare.train import new_model
+    from fedshare.unlearn import snapshot_dir
+
+    n = int(cfg.fed.nodes)
+    rounds = int(cfg.fed.rounds)
+    timeout = float(cfg.flower.round_timeout)
+    node_ids = wait_for_nodes(grid, n, float(cfg.flower.start_timeout))
+    from fedshare.config import to_yaml
+
+    setup = {i: setup_content(to_yaml(cfg)) for i in range(len(node_ids))}
+    replies, failed = exchange(grid, "setup", setup, dict(enumerate(node_ids)), timeout, "setup")
+    if failed:
+        raise FlowerRunError(
+            "setup failed on " + "; ".join(f"node {node_ids[i]}: {why}" for i, why in failed.items())
+        )
+    node_of: dict[int, int] = {}
+    by_shard: dict[int, RecordDict] = {}
+    for i, content in replies.items():
+        shard = int(content["info"]["shard"])
+        if shard in node_of:
+            raise FlowerRunError(
+                f"two SuperNodes host shard {shard}: give each its own 'shard' in --node-config"
+            )
+        node_of[shard], by_shard[shard] = node_ids[i], content
+    missing = sorted(set(range(n)) - set(node_of))
+    if missing:
+        raise FlowerRunError(f"no SuperNode hosts shard(s) {missing} of fed.nodes={n}")
+
+    # the module is built from what the nodes report (the server never reads the dataset)
+    first = replies[min(replies)]
+    info = dict(first["info"])
+    module = new_model(cfg, int(info["n_users"]), int(info["n_items"]))
+    strategy = FedShareStrategy(cfg, module)
+    strategy_info = strategy.absorb_setup(by_shard)
+    _say(f"[fedshare] {n} nodes set up: {info['n_users']} users x {info['n_items']} items; {rounds} rounds")
+
+    methods = list(cfg.unlearn.methods or [])
+    store, snap_rounds = None, []
+    if "contrastive" in methods:
+        store = SnapshotStore(snapshot_dir(run_dir))
+        snap_rounds = snapshot_rounds(_plain(cfg.unlearn.snapshots), rounds)
+        if 0 in snap_rounds:
+            store.save(0, module.snapshot_tensors())
+    val_split = "curve" if strategy_info["val_split"] == "test" else "valid"
+    every = max(1, int(cfg.eval.every))
+    validate = (bool(strategy_info["has_valid"]) or val_split == "curve") and every <= rounds
+    history: list[dict[str, float]] = []
+    live = list(range(n))
+    lost: dict[int, int] = {}
+    logs: dict[str, float] = {}
+
+    def run(kind: str, contents: dict[int, RecordDict], group: str) -> dict[int, RecordDict]:
+        replies, failed = exchange(grid, kind, contents, node_of, timeout, group)
+        for k, why in sorted(failed.items()):
+            log.warning(
+                "shard %d (node %d) failed in %s %s: %s; its users are skipped from now on",
+                k,
+                node_of[k],
+                kind,
+                group,
+                why,
+            )
+            _say(f"[fedshare] shard {k} lost in {kind} {group}: {why}; its users are skipped from now on")
+            live.remove(k)
+            lost[k] = int(group) if group.isdigit() else rounds + 1
+        if not live:
+            raise FlowerRunError(f"every node was lost (in {kind} {group})")
+        return replies
+
+    def evaluate(split: str, group: str) -> dict[str, float]:
+        return strategy.aggregate_evaluate(
+            run("evaluate", strategy.configure_evaluate(split, list(live)), group)
+        )
+
+    for r in range(1, rounds + 1):
+        t0 = time.perf_counter()
+        logs = strategy.aggregate_fit(run("train", strategy.configure_fit(r, list(live)), str(r)))
+        if r in snap_rounds:
+            store.save(r, module.snapshot_tensors())
+        line = (
+            f"[fedshare] round {r}/{rounds}: loss {logs['train/loss']:.4f}, {time.perf_counter() - t0:.2f} s"
+        )
+        if validate and r % every == 0:
+            prefix = "curve/test" if val_split == "curve" else "val"
+            values = {f"{prefix}/{k}": v for k, v in evaluate(val_split, str(r)).items()}
+            history.append({"round": r, **values})
+            _write_json(run_dir / "history.json", {"val": history})
+            key = f"{prefix}/recall@{max(module.ks)}"
+            line += f", {key} {values.get(key, float('nan')):.4f}"
+        _say(line)
+        if r % int(cfg.checkpoint.every) == 0 or r == rounds:
+            save_server(run_dir, strategy, r, history)
+    test = {f"test/{k}": v for k, v in evaluate("test", "test").items()}
+    metrics = dict(test)  # what the in-process run's metrics.json holds
+    metrics["rounds_done"] = float(rounds)
+    if history:
+        metrics.update({k: v for k, v in history[-1].items() if k != "round"})
+    metrics.update({f"flower/lost_shard/{k}": float(r) for k, r in lost.items()})
+    metrics = {k: metrics[k] for k in sorted(metrics)}
+    _write_json(run_dir / "metrics.json", metrics)
+    finish = {k: RecordDict({"config": ConfigRecord({"action": "finish"})}) for k in live}
+    run("finish", finish, "finish")
+    save_server(run_dir, strategy, rounds, history)
+    return metrics
+
+
+def _plain(value: Any) -> Any:
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    return OmegaConf.to_container(value) if isinstance(value, ListConfig | DictConfig) else value
+
+
+def save_server(run_dir: Path, strategy: FedShareStrategy, round_: int, history: list) -> None:
+    """The server's whole state (no client rows): ``checkpoints/server.ckpt``."""
+    import torch
+
+    from fedshare.atomic import replace_file
+
+    module = strategy.module
+    server = module.server
+    state = {
+        "round": round_,
+        "server": {k: v.detach().cpu() for k, v in server.state_dict().items()},
+        "optimizer": strategy.optimizer.state_dict(),
+        "generators": server.generator_states(),
+        "server_graph": {k: v.cpu() for k, v in server.graph.state().items()},
+        "history": {"val": history},
+        "hyper_parameters": dict(module.hparams),
+    }
+    path = run_dir / "checkpoints" / "server.ckpt"
+    replace_file(path, lambda tmp: torch.save(state, tmp))
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def server_main(grid: Grid, context: Context) -> None:
+    from fedshare.config import compose_saved
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP call otherwise
+    run_dir = Path(str(context.run_config["run-dir"]))
+    cfg = compose_saved(run_dir / "config.yaml")
+    serve(grid, cfg, run_dir)
+
+
+# ---- the ClientApp ---------------------------------------------------------------------------------
+client_app = ClientApp()
+
+
+@client_app.query()
+def client_query(msg: Message, context: Context) -> Message:
+    action = str(msg.content["config"]["action"])
+    if action == "setup":
+        yaml = str(msg.content["config"]["yaml"])
+        node = Node.from_context(context, yaml)
+        node.save(context)
+        return Message(node.setup(), reply_to=msg)
+    if action == "finish":
+        node = Node.from_context(context)
+        out = context.node_config.get("out-dir")
+        return Message(node.finish(str(out) if out else None), reply_to=msg)
+    raise ValueError(f"unknown query action {action!r}")
+
+
+@client_app.train()
+def client_train(msg: Message, context: Context) -> Message:
+    node = Node.from_context(context)
+    reply = node.train(msg.content)
+    node.save(context)
+    return Message(reply, reply_to=msg)
+
+
+@client_app.evaluate()
+def client_evaluate(msg: Message, context: Context) -> Message:
+    node = Node.from_context(context)
+    return Message(node.evaluate(msg.content), reply_to=msg)

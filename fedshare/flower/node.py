@@ -1,0 +1,224 @@
+"""The client side on Flower: one SuperNode hosts the clients of one shard.
+
+A SuperNode's node config says which shard it hosts (``shard=k num-shards=N``; user ``u`` is on
+shard ``u % N``, as ``fed.nodes=N`` splits them in-process). The node reads the dataset, keeps
+only its own users' rows of every split (`node_data`: the rest is dropped before anything is
+trained or sent) and runs its clients with the very same client code as the in-process round
+(`FedShareClients.fit_sums`: every client of the node's cohort at once, with the node's own
+stream of draws).
+
+Flower starts a fresh ClientApp process for every message, so what must outlive a message (the
+clients' private rows ``P[u]`` and the node's generator state) is kept in the SuperNode's
+``context.state``, on the node; it never goes to the server. At the end, with ``out-dir`` in
+its node config, the node writes its clients' rows there (the launcher joins them into the
+run's checkpoint).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from omegaconf import DictConfig, OmegaConf
+
+from fedshare.fedmf import shard_of
+from fedshare.flower.payload import from_record, to_record, upload_record, views_from
+from fedshare.interactions import UserCSR
+from fedshare.metrics import RankingMetrics, update_ranking
+
+STATE = "fedshare.state"  # context.state records
+CONFIG = "fedshare.config"
+
+
+class NodeConfigError(ValueError):
+    """A SuperNode's node config does not fit the run."""
+
+
+@dataclass(frozen=True)
+class NodeData:
+    """What one node hosts: its users' rows of every split (other users' rows are empty),
+    with the attributes a module's ``attach_data`` reads from a data module."""
+
+    n_users: int
+    n_items: int
+    train: UserCSR
+    valid: UserCSR
+    test: UserCSR
+    shared: UserCSR
+    share_start: np.ndarray
+    share_group: np.ndarray
+    group_names: list[str]
+    val_split: str
+
+
+def node_data(dm: Any, shard: int, nodes: int) -> NodeData:
+    def mine(csr: UserCSR) -> UserCSR:
+        return csr.select(csr.users % nodes == shard)
+
+    own = np.arange(dm.n_users) % nodes == shard
+    return NodeData(
+        dm.n_users,
+        dm.n_items,
+        mine(dm.train),
+        mine(dm.valid),
+        mine(dm.test),
+        mine(dm.shared),
+        np.where(own, dm.share_start, -1),
+        dm.share_group,
+        list(dm.group_names),
+        dm.val_split,
+    )
+
+
+def shard_from(node_config: dict[str, Any], cfg: DictConfig) -> int:
+    """The node's shard, checked against the run's ``fed.nodes``."""
+    try:
+        shard, n = int(node_config["shard"]), int(node_config["num-shards"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise NodeConfigError(
+            f"the SuperNode's node config must hold integers 'shard' and 'num-shards' "
+            f"(--node-config 'shard=0 num-shards={cfg.fed.nodes}'), got {dict(node_config)}"
+        ) from err
+    if n != int(cfg.fed.nodes) or not 0 <= shard < n:
+        raise NodeConfigError(
+            f"the SuperNode hosts shard={shard} of num-shards={n}, but the run has fed.nodes={cfg.fed.nodes}: "
+            f"start one SuperNode per shard 0..{int(cfg.fed.nodes) - 1} with num-shards={cfg.fed.nodes}"
+        )
+    return shard
+
+
+class Node:
+    """The clients of one shard, rebuilt for each message from the config and ``context.state``."""
+
+    def __init__(self, cfg: DictConfig, shard: int) -> None:
+        from datamodules.federated import FederatedDataModule
+        from fedshare.train import build_model
+
+        self.cfg, self.shard, self.nodes = cfg, shard, int(cfg.fed.nodes)
+        dm = FederatedDataModule(cfg)
+        dm.prepare_data()
+        dm.setup()
+        self.data = node_data(dm, shard, self.nodes)
+        del dm  # the other shards' rows go now
+        self.module = build_model(cfg, self.data)
+        self.clients = self.module.clients
+        self.users = torch.nonzero(shard_of(torch.arange(self.data.n_users), self.nodes) == shard).squeeze(1)
+        self.gen = self.clients.round_gens[shard]
+
+    @staticmethod
+    def from_context(context: Any, yaml: str | None = None) -> Node:
+        if yaml is None:
+            if CONFIG not in context.state:
+                raise NodeConfigError("this node was never set up for the run (no setup message reached it)")
+            yaml = str(context.state[CONFIG]["yaml"])
+        cfg = OmegaConf.create(yaml)
+        root = context.node_config.get("data-root")
+        if root:  # each host reads its own copy of the data
+            cfg = OmegaConf.merge(cfg, {"data": {"root": str(root)}})
+        node = Node(cfg, shard_from(context.node_config, cfg))
+        if STATE in context.state:
+            node.restore(context.state[STATE])
+        context.state[CONFIG] = ConfigRecord({"yaml": yaml})
+        return node
+
+    # ---- state kept on the node between messages ---------------------------------------------------
+    def restore(self, record: ArrayRecord) -> None:
+        t = from_record(record)
+        self.clients.user_emb[self.users] = t["user_rows"].to(self.clients.user_emb.dtype)
+        self.gen.set_state(t["round_gen"])
+
+    def save(self, context: Any) -> None:
+        context.state[STATE] = to_record(
+            user_rows=self.clients.user_emb[self.users], round_gen=self.gen.get_state()
+        )
+
+    # ---- messages ------------------------------------------------------------------------------------
+    def _shares(self, round_: int) -> ArrayRecord:
+        """``S_u`` of the node's users who start sharing at ``round_`` (sent the round before)."""
+        users, items = self.clients.shares_starting(round_)
+        if round_ > int(self.cfg.fed.rounds):  # the run ends first: nothing is sent
+            users, items = users[:0], items[:0]
+        return to_record(users=users, items=items)
+
+    def setup(self) -> RecordDict:
+        return RecordDict(
+            {
+                "info": ConfigRecord(
+                    {
+                        "n_users": self.data.n_users,
+                        "n_items": self.data.n_items,
+                        "group_names": list(self.data.group_names),
+                        "shard": self.shard,
+                        "val_split": self.data.val_split,
+                        "has_valid": bool(self.data.valid.items.size),
+                    }
+                ),
+                "shares": self._shares(1),
+            }
+        )
+
+    def train(self, content: RecordDict) -> RecordDict:
+        round_ = int(content["config"]["round"])
+        t = from_record(content["model"])
+        views = views_from(from_record(content["views"])) if "views" in content else None
+        cohort = t["cohort"].long()
+        if cohort.numel() and bool((shard_of(cohort, self.nodes) != self.shard).any()):
+            raise NodeConfigError(
+                f"round {round_}: the server sent clients of another shard to shard {self.shard}"
+            )
+        upload, sums = self.clients.fit_sums(cohort, t["q"], views)
+        return RecordDict(
+            {
+                "upload": upload_record(upload),
+                "losses": ConfigRecord({k: float(v) if "sum" in k else int(v) for k, v in sums.items()}),
+                "shares": self._shares(round_ + 1),
+            }
+        )
+
+    @torch.no_grad()
+    def evaluate(self, content: RecordDict) -> RecordDict:
+        split = str(content["config"]["split"])
+        target, history = {"valid": ("valid", ("train",)), "test": ("test", ("train", "valid"))}.get(
+            split, ("test", ("train", "valid"))
+        )
+        q = from_record(content["model"])["q"]
+        views = views_from(from_record(content["views"])) if "views" in content else None
+        metric = RankingMetrics(self.module.ks, list(self.data.group_names))
+        module = self.module
+        csr = {
+            n: (getattr(module, f"{n}_indptr"), getattr(module, f"{n}_items"))
+            for n in ("train", "valid", "test")
+        }
+        degrees = csr[target][0].diff()
+        users = self.users[degrees.index_select(0, self.users) > 0]
+        size = int(self.cfg.eval.batch_users)
+        for lo in range(0, users.numel(), size):
+            batch = users[lo : lo + size]
+            scores = self.clients.score(batch, q, views, getattr(module, "beta", 0.0)).float()
+            update_ranking(
+                metric, scores, batch, [csr[n] for n in history], csr[target], module.share_group[batch]
+            )
+        return RecordDict({"metric": to_record(sums=metric.sums, counts=metric.counts)})
+
+    def finish(self, out_dir: str | None) -> RecordDict:
+        """Writes the node's clients' rows to ``out-dir`` (the node's own disk)."""
+        written = ""
+        if out_dir:
+            from safetensors.torch import save_file
+
+            from fedshare.atomic import replace_file
+
+            path = Path(out_dir) / f"clients-{self.shard}.safetensors"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tensors = {
+                "users": self.users.contiguous(),
+                "user_emb": self.clients.user_emb[self.users].contiguous(),
+                "round_gen": self.gen.get_state().contiguous(),
+            }
+            replace_file(path, lambda tmp: save_file(tensors, str(tmp)))
+            written = str(path)
+        return RecordDict({"info": ConfigRecord({"written": written})})

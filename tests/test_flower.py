@@ -1,0 +1,370 @@
+"""FedShare on Flower: the strategy and the apps without processes, then the real deployment.
+
+The fast tests run the real ServerApp loop (`serve`) and the real ClientApp handlers through an
+in-memory grid: each node keeps its own ``Context`` as a SuperNode does. The end-to-end tests
+(marked by their names) start a SuperLink and two SuperNodes on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+
+from fedshare.config import compose, save
+from fedshare.federation import Upload
+from fedshare.flower import apps
+from fedshare.flower.launch import compose_args, processes_with_home
+from fedshare.flower.node import Node, NodeConfigError, node_data
+from fedshare.flower.payload import to_record, upload_from, upload_record
+from fedshare.flower.strategy import FedShareStrategy, ReplyError, check_reply
+from fedshare.train import new_model, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class MemoryGrid:
+    """Flower's Grid, in this process: a message goes straight to the ClientApp with the node's
+    own ``Context`` (kept between messages, as a SuperNode keeps it). ``received`` is every reply
+    the server got; ``drop`` maps a shard to the round from which its node is gone."""
+
+    def __init__(self, n: int, drop: dict[int, int] | None = None) -> None:
+        from flwr.supercore.task_identity import TaskIdentity
+
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+        self.contexts = {
+            100 + k: Context(1, 100 + k, {"shard": k, "num-shards": n}, RecordDict(), {}) for k in range(n)
+        }
+        self.received: list[tuple[str, RecordDict]] = []
+        self.replies: dict[str, Message] = {}
+        self.drop = drop or {}
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def push_messages(self, messages):
+        ids = []
+        for n, m in enumerate(messages):
+            shard = m.metadata.dst_node_id - 100
+            group = m.metadata.group_id
+            m.metadata.__dict__["_message_id"] = f"{group}-{shard}-{n}"  # the SuperLink sets it
+            ids.append(m.metadata.message_id)
+            if shard in self.drop and (group in ("test", "finish") or group.isdigit() and int(group) >= self.drop[shard]):
+                continue  # the node is gone: no reply, ever
+            try:
+                reply = apps.client_app(m, self.contexts[m.metadata.dst_node_id])
+            except Exception as ex:  # as Flower's ClientApp runner: an error reply
+                reply = Message(Error(code=1, reason=f"{type(ex)}:<'{ex}'>"), reply_to=m)
+            if not reply.has_error():
+                self.received.append((m.metadata.message_type, reply.content))
+            self.replies[m.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+
+
+def _cfg(tiny: list[str], out: Path, *extra: str):
+    return compose(
+        [*tiny, "experiment=fedshare", "fed.rounds=3", "eval.every=2", "fed.nodes=2", "logger=none"]
+        + [f"paths.output_dir={out}", *extra]
+    )
+
+
+def _serve(cfg, grid) -> dict[str, float]:
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True)
+    save(cfg, run_dir / "config.yaml")
+    return apps.serve(grid, cfg, run_dir)
+
+
+def _close(a: dict[str, float], b: dict[str, float], tol: float) -> list[str]:
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: {a.get(k)} vs {b.get(k)}" for k in keys if k not in a or k not in b or abs(a[k] - b[k]) > tol]
+
+
+def test_flower_apps_equal_the_in_process_run(tiny: list[str], tmp_path: Path) -> None:
+    cfg = _cfg(tiny, tmp_path / "inproc")
+    expected, _ = train(cfg)
+    got = _serve(_cfg(tiny, tmp_path / "flower"), MemoryGrid(2))
+    assert not _close(expected, got, 1e-6)
+    assert json.loads((tmp_path / "flower" / "history.json").read_text()) == json.loads(
+        (tmp_path / "inproc" / "history.json").read_text()
+    )
+    assert (tmp_path / "flower" / "checkpoints" / "server.ckpt").is_file()
+
+
+def test_nodes_draw_their_own_streams(tiny: list[str], tmp_path: Path) -> None:
+    """fed.nodes changes the draws (each node has its own stream), not the model: a run's
+    numbers depend on it, which is why the Flower run is compared with the same fed.nodes."""
+    _, one = train(_cfg(tiny, tmp_path / "one", "fed.nodes=1"))
+    _, two = train(_cfg(tiny, tmp_path / "two", "fed.nodes=2"))
+    rows_one, rows_two = one["model"].clients.user_emb, two["model"].clients.user_emb
+    assert not torch.allclose(rows_one, rows_two)
+    assert one["model"].clients.round_gens[0].get_state().equal(two["model"].clients.round_gens[0].get_state()) is False
+
+
+def _shared_pairs(cfg) -> set[tuple[int, int]]:
+    from datamodules.federated import FederatedDataModule
+
+    dm = FederatedDataModule(cfg)
+    dm.setup()
+    return set(map(tuple, dm.shared_edges.tolist())), dm
+
+
+def _pairs_in(content: RecordDict) -> set[tuple[int, int]]:
+    if "shares" not in content:
+        return set()
+    t = {k: v.numpy() for k, v in content["shares"].items()}
+    return set(zip(t["users"].tolist(), t["items"].tolist()))
+
+
+def _kind(content: RecordDict) -> str:
+    if "upload" in content or "losses" in content:
+        return "train"
+    if "metric" in content:
+        return "evaluate"
+    return "finish" if "written" in content.get("info", {}) else "setup"
+
+
+def test_server_never_receives_unshared_interactions(tiny: list[str], tmp_path: Path) -> None:
+    cfg = _cfg(tiny, tmp_path / "run", "sharing=segments")
+    grid = MemoryGrid(2)
+    _serve(cfg, grid)
+    shared, dm = _shared_pairs(cfg)
+    received = set().union(*(_pairs_in(c) for _, c in grid.received))
+    assert received and received <= shared  # shared pairs only, each as its user starts sharing
+    started = {(u, i) for u, i in shared if dm.share_start[u] <= int(cfg.fed.rounds)}
+    assert received == started
+    local = set(zip(dm.local.users.tolist(), dm.local.items.tolist()))
+    assert local and not (received & local)
+    for _, content in grid.received:  # and nothing but the protocol's records
+        check_reply(_kind(content), content)
+
+
+def test_the_scan_catches_a_node_that_sends_local_data(tiny: list[str], tmp_path: Path, monkeypatch) -> None:
+    """The companion of the test above: a node that uploads its local data is caught."""
+
+    def leaky(self, round_):
+        local = self.data.train.select(np.ones(len(self.data.train.items), bool))
+        users, items = local.users, local.items
+        return to_record(users=users, items=items) if round_ == 1 else to_record(users=users[:0], items=items[:0])
+
+    monkeypatch.setattr(Node, "_shares", leaky)
+    cfg = _cfg(tiny, tmp_path / "run")
+    grid = MemoryGrid(2)
+    try:
+        _serve(cfg, grid)
+    except ValueError:  # the graph may refuse a pair given twice; what arrived is scanned anyway
+        pass
+    shared, _ = _shared_pairs(cfg)
+    received = set().union(*(_pairs_in(c) for _, c in grid.received))
+    assert received and not received <= shared
+
+
+def test_a_reply_with_more_than_the_protocol_stops_the_run() -> None:
+    content = RecordDict({"losses": ConfigRecord({"bpr_sum": 1.0}), "local": to_record(items=np.arange(3))})
+    with pytest.raises(ReplyError, match="local"):
+        check_reply("train", content)
+    with pytest.raises(ReplyError, match="rows_of_user"):
+        check_reply("train", RecordDict({"upload": to_record(rows=np.arange(2), rows_of_user=np.arange(2))}))
+
+
+def test_a_lost_node_is_skipped_and_the_run_finishes(tiny: list[str], tmp_path: Path, capsys) -> None:
+    got = _serve(_cfg(tiny, tmp_path / "run", "flower.round_timeout=0.2"), MemoryGrid(2, drop={1: 2}))
+    assert got["flower/lost_shard/1"] == 2.0
+    assert 0 < got["test/recall@20"] <= 1
+    assert "shard 1 lost in train 2" in capsys.readouterr().out
+
+
+def test_setup_refuses_a_wrong_node_config(tiny: list[str], tmp_path: Path) -> None:
+    grid = MemoryGrid(2)
+    for ctx in grid.contexts.values():
+        ctx.node_config["num-shards"] = 3
+    with pytest.raises(apps.FlowerRunError, match="num-shards=3"):
+        _serve(_cfg(tiny, tmp_path / "run"), grid)
+
+
+# ---- the strategy, alone ---------------------------------------------------------------------------
+def test_upload_travels_sparse_and_exact() -> None:
+    g = torch.Generator().manual_seed(0)
+    delta = torch.zeros(10, 4)
+    weight = torch.zeros(10)
+    rows = torch.tensor([1, 4, 7])
+    delta[rows] = torch.randn(3, 4, generator=g)
+    weight[rows] = torch.tensor([2.0, 1.0, 5.0])
+    record = upload_record(Upload(delta, weight))
+    assert record["rows"].numpy().tolist() == [1, 4, 7]
+    back = upload_from(record, 10, 4)
+    assert torch.equal(back.delta_sum, delta) and torch.equal(back.weight_sum, weight)
+
+
+def test_configure_fit_sends_each_node_only_its_clients_and_views(tiny: list[str], tmp_path: Path) -> None:
+    cfg = _cfg(tiny, tmp_path / "run", "fed.cohort_fraction=0.5")
+    module = new_model(cfg, 60, 120)
+    strategy = FedShareStrategy(cfg, module)
+    module.server.receive_shares(torch.tensor([0, 1, 2, 3, 5]), torch.tensor([4, 5, 6, 7, 8]), 1)
+    module.server.refresh_views()
+    contents = strategy.configure_fit(1, [0, 1])
+    cohort = strategy._round["cohort"]
+    for k, content in contents.items():
+        model = {n: a.numpy() for n, a in content["model"].items()}
+        assert set(model["cohort"].tolist()) == {u for u in cohort.tolist() if u % 2 == k}
+        assert model["q"].shape == (120, module.server.item_emb.shape[1])
+        views = {n: a.numpy() for n, a in content["views"].items()}
+        assert all(u % 2 == k for u in views["view_users"].tolist())  # only its own users' views
+        assert set(views["view_users"].tolist()) == {u for u in (0, 1, 2, 3, 5) if u in cohort.tolist() and u % 2 == k}
+
+
+def test_aggregate_fit_adds_replies_in_shard_order_and_runs_the_graph_step(tiny: list[str], tmp_path: Path) -> None:
+    cfg = _cfg(tiny, tmp_path / "run")
+    module = new_model(cfg, 60, 120)
+    strategy = FedShareStrategy(cfg, module)
+    strategy.configure_fit(1, [0, 1])
+    q0 = module.server.item_emb.clone()
+    d = module.server.item_emb.shape[1]
+    replies = {}
+    for k in (1, 0):
+        delta, weight = torch.zeros(120, d), torch.zeros(120)
+        delta[k] = 1.0 + k
+        weight[k] = 1.0
+        replies[k] = RecordDict(
+            {
+                "upload": upload_record(Upload(delta, weight)),
+                "losses": ConfigRecord({"bpr_sum": 2.0, "bpr_steps": 4, "cl_sum": 0.0, "cl_steps": 0}),
+                "shares": to_record(users=np.array([k]), items=np.array([10 + k])),
+            }
+        )
+    logs = strategy.aggregate_fit(replies)
+    lr = module.server.server_lr
+    assert torch.allclose(module.server.item_emb[0], q0[0] + lr * 1.0)
+    assert torch.allclose(module.server.item_emb[1], q0[1] + lr * 2.0)
+    assert torch.equal(module.server.item_emb[2:], q0[2:])
+    assert logs["train/bpr"] == pytest.approx(0.5)
+    strategy.configure_fit(2, [0, 1])  # the shares sent in round 1 enter at round 2
+    users, items = module.server.graph.edges()
+    assert users.tolist() == [0, 1] and items.tolist() == [10, 11]
+
+
+def test_node_keeps_only_its_own_users(tiny: list[str], tmp_path: Path) -> None:
+    from datamodules.federated import FederatedDataModule
+
+    cfg = _cfg(tiny, tmp_path / "run")
+    dm = FederatedDataModule(cfg)
+    dm.setup()
+    data = node_data(dm, 1, 2)
+    for name in ("train", "valid", "test", "shared"):
+        users = getattr(data, name).users
+        assert len(users) and (users % 2 == 1).all()
+    assert (data.share_start[::2] == -1).all()
+
+
+def test_compose_args_maps_nodes_and_defaults_to_learning() -> None:
+    assert compose_args(["nodes=3", "data=ml-100k"]) == ["experiment=fedshare", "fed.nodes=3", "data=ml-100k"]
+    assert compose_args(["experiment=fedshare_unlearn"]) == ["experiment=fedshare_unlearn"]
+
+
+def test_a_node_config_without_shard_is_a_clear_error(tiny: list[str], tmp_path: Path) -> None:
+    from fedshare.flower.node import shard_from
+
+    cfg = _cfg(tiny, tmp_path / "run")
+    with pytest.raises(NodeConfigError, match="shard=0 num-shards=2"):
+        shard_from({}, cfg)
+
+
+# ---- the deployment: SuperLink + 2 SuperNodes on 127.0.0.1 ------------------------------------------------
+def _launch(args: list[str], tmp_path: Path, **kw) -> subprocess.Popen:
+    env = dict(os.environ, DGLBACKEND="pytorch", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedshare.flower", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
+
+
+def _e2e_args(tiny: list[str], out: Path, *extra: str) -> list[str]:
+    return [*tiny, "nodes=2", "fed.rounds=2", "eval.every=1", "logger=none", f"paths.output_dir={out}", *extra]
+
+
+def test_e2e_two_supernodes_equal_the_in_process_run(tiny: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "flower"
+    proc = _launch(_e2e_args(tiny, out), tmp_path)
+    text, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, text[-3000:]
+    assert not processes_with_home(out / "flower" / "home"), "a Flower process outlived the launcher"
+    expected, objs = train(compose([*compose_args(_e2e_args(tiny, tmp_path / "inproc"))]))
+    got = json.loads((out / "metrics.json").read_text())
+    assert not _close(expected, got, 1e-4)
+    # the same run folder: config, metrics, history, and a checkpoint Lightning loads
+    for name in ("config.yaml", "metrics.json", "history.json", "command.txt", "checkpoints/last.ckpt"):
+        assert (out / name).is_file(), name
+    from lightning_modules.fedshare import FedShareModule
+
+    loaded = FedShareModule.load_from_checkpoint(out / "checkpoints" / "last.ckpt")
+    ref = objs["model"].state_dict()
+    for key, value in loaded.state_dict().items():
+        assert torch.allclose(value, ref[key].cpu(), atol=1e-5), key
+    toml = (out / "flower" / "home" / "config.toml").read_text()
+    assert 'address = "127.0.0.1:' in toml and ":local:" not in toml
+
+
+def test_e2e_a_killed_supernode_is_skipped(tiny: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "flower"
+    proc = _launch(_e2e_args(tiny, out, "fed.rounds=3", "eval.every=5", "flower.round_timeout=20"), tmp_path)
+    home = out / "flower" / "home"
+    lines = []
+    killed = None
+    for line in proc.stdout:
+        lines.append(line)
+        if killed is None and "[fedshare] round 1/3" in line:
+            for pid in processes_with_home(home):
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                if b"flower-supernode" in cmd and b"shard=1 " in cmd:
+                    os.kill(pid, signal.SIGKILL)
+                    killed = pid
+    proc.wait(timeout=300)
+    text = "".join(lines)
+    assert killed is not None, text[-3000:]
+    assert proc.returncode == 0, text[-3000:]
+    assert "shard 1 lost in train 2" in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["flower/lost_shard/1"] == 2.0 and 0 < metrics["test/recall@20"] <= 1
+    assert not processes_with_home(home)
+
+
+def test_e2e_a_serverapp_failure_fails_the_launch(tiny: list[str], tmp_path: Path) -> None:
+    """`flwr run --stream` exits 0 when the ServerApp crashes: the launcher reads the run's
+    status and fails with the ServerApp's error (here: the nodes cannot read the data)."""
+    out = tmp_path / "flower"
+    args = [*_e2e_args(tiny, out), "data=ml-100k", f"data.root={tmp_path / 'nowhere'}", "data.download.url=null"]
+    proc = _launch(args, tmp_path)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, text[-3000:]
+    assert "did not complete" in text and "setup failed" in text
+    assert not processes_with_home(out / "flower" / "home")
+
+
+def test_e2e_ctrl_c_stops_every_process(tiny: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "flower"
+    proc = _launch(_e2e_args(tiny, out, "fed.rounds=50"), tmp_path)
+    for line in proc.stdout:
+        if "[fedshare] round 1/50" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, text[-3000:]
+    time.sleep(0.5)
+    assert not processes_with_home(out / "flower" / "home")
