@@ -9,6 +9,11 @@ alignment, FedAvg, server graph step): ``round_s``, ``client_s``, ``server_s``.
 ``propagate``: LightGCN propagation forward and forward+backward on a Gowalla-sized random
 graph, DGL (as the server runs it) against ``torch.sparse``.
 
+``flower``: FedShare rounds on Flower's deployment engine (SuperLink + ``nodes=N`` SuperNodes on
+127.0.0.1, ``python -m fedshare.flower``) and in-process with the same ``fed.nodes``:
+``flower_round_s`` (median round as the ServerApp waits for it: messages, the nodes' ClientApp
+processes, the server's step) and ``inprocess_round_s``.
+
 ``eval``: full-ranking evaluation (score all items, mask history, top-K, metrics) of every
 user with held-out items, as the test stage runs it: ``eval_s``.
 
@@ -191,7 +196,46 @@ def bench_propagate(cfg, repeats: int = 5, reference: bool = True) -> dict[str, 
     return {"benchmark": "propagate", "dataset": "random, Gowalla-sized", **run(repeats=repeats)}
 
 
-BENCHMARKS = {"round": bench_round, "eval": bench_eval, "propagate": bench_propagate}
+def bench_flower(cfg, repeats: int = 5, reference: bool = True) -> dict[str, Any]:
+    """``repeats`` rounds on Flower (no validation), then the same rounds in-process."""
+    import tempfile
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from fedshare.flower.launch import launch
+
+    if cfg.model.name != "fedshare":
+        raise ConfigError(f"bench flower runs model=fedshare; got model={cfg.model.name}")
+    with tempfile.TemporaryDirectory(prefix="fedshare-bench-flower-") as tmp:
+        run = OmegaConf.merge(
+            cfg, {"fed": {"rounds": repeats}, "eval": {"every": repeats + 1}, "paths": {"output_dir": f"{tmp}/run"}}
+        )
+        OmegaConf.set_readonly(run, True)
+        t0 = time.perf_counter()
+        metrics = launch(run)
+        total = time.perf_counter() - t0
+        flower = json.loads((Path(tmp) / "run" / "flower" / "rounds.json").read_text())["round_s"]
+    inproc = bench_fedshare_round(cfg, repeats)
+    k = max(cfg.eval.ks)
+    return {
+        "benchmark": "flower",
+        "model": "fedshare",
+        "dataset": cfg.data.name,
+        "nodes": int(cfg.fed.nodes),
+        "clients": inproc["clients"],
+        "rounds": repeats,
+        "flower_round_s": statistics.median(flower),
+        "flower_round_all_s": [round(t, 3) for t in flower],
+        "flower_total_s": total,
+        f"flower_test_recall@{k}": metrics[f"test/recall@{k}"],
+        "inprocess_round_s": inproc["round_s"],
+        "inprocess_round_all_s": inproc["round_all_s"],
+        "threads": torch.get_num_threads(),
+    }
+
+
+BENCHMARKS = {"round": bench_round, "eval": bench_eval, "propagate": bench_propagate, "flower": bench_flower}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
             options[key] = value.lower() in ("1", "true", "yes") if key == "reference" else int(value)
         else:
             overrides.append(arg)
+    if name == "flower":
+        from fedshare.flower.launch import compose_args
+
+        overrides = compose_args(overrides)
     try:
         cfg = compose(["logger=none", *overrides])
     except ConfigError as err:
@@ -227,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # a Flower launch that failed (fedshare.flower.launch.LaunchError)
+        if type(err).__name__ != "LaunchError":
+            raise
+        print(f"flower error: {err}", file=sys.stderr)
+        return 1
     print(_report(result))
     print(json.dumps(result))
     return 0

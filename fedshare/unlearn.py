@@ -180,12 +180,16 @@ def unlearn_phase(
     methods: list[str] | None = None,
     requests_file: str | None = None,
     logger=None,
+    judge_fn=judge,
+    on_deleted=None,
 ) -> dict[str, float]:
     """Requests -> deletion -> each method on a copy of the learned model -> judged metrics.
 
     ``model`` is the learned FedShare module (its graph still holds the revoked edges);
     ``build(dm)`` makes a fresh module with the run's config (retrain). Returns the flat
     ``learn/...`` and ``unlearn/<method>/...`` metrics; also writes them into metrics.json.
+    On Flower (`fedshare.flower.apps`) the clients are elsewhere: ``judge_fn`` judges through
+    the nodes and ``on_deleted(users, items)`` tells the devices which pairs are local again.
     """
     ucfg = cfg.unlearn
     methods = list(methods if methods is not None else ucfg.methods)
@@ -203,6 +207,8 @@ def unlearn_phase(
 
     learned = copy.deepcopy(model)  # before deletion: the methods' common starting point
     users, items = apply_deletions(model, ledger)
+    if on_deleted is not None:
+        on_deleted(users, items)
     # pairs the learned model still holds (a resumed, scrubbed base holds none of the old ones)
     held = learned.server.graph.has_edges(users, items)
     users, items = users[held], items[held]
@@ -210,7 +216,7 @@ def unlearn_phase(
         log.info("unlearning: nothing to unlearn (no revoked pair is in the learned model)")
         return {}
 
-    metrics = {f"learn/{key}": v for key, v in judge(learned, dm, users, items, k).items()}
+    metrics = {f"learn/{key}": v for key, v in judge_fn(learned, dm, users, items, k).items()}
     metrics["unlearn/requests"] = float(len(ledger.requests()))
     metrics["unlearn/revoked_pairs"] = float(users.numel())
     metrics["unlearn/revoking_users"] = float(torch.unique(users).numel())
@@ -234,7 +240,7 @@ def unlearn_phase(
         leftover = unlearned.server.graph.has_edges(users, items)
         if leftover.any():
             raise RuntimeError(f"{name}: {int(leftover.sum())} revoked pairs are still in the server graph")
-        judged = judge(unlearned, dm, users, items, k)
+        judged = judge_fn(unlearned, dm, users, items, k)
         metrics.update({f"unlearn/{name}/{key}": v for key, v in judged.items()})
         metrics[f"unlearn/{name}/time_s"] = seconds
         metrics[f"unlearn/{name}/storage_bytes"] = float(folder_bytes(store))
@@ -258,6 +264,13 @@ def scrub(
         ckpt["server_graph"] = {k: v.cpu() for k, v in unlearned.server.graph.state().items()}
         ckpt["unlearned"] = True
         AtomicCheckpointIO().save_checkpoint(ckpt, ckpt_path)
+    server_path = run_dir / "checkpoints" / "server.ckpt"  # a Flower run's server state
+    if server_path.exists():
+        state = torch.load(server_path, map_location="cpu", weights_only=False)
+        state["server"] = {k: v.detach().cpu() for k, v in unlearned.server.state_dict().items()}
+        state["server_graph"] = {k: v.cpu() for k, v in unlearned.server.graph.state().items()}
+        state["unlearned"] = True
+        replace_file(server_path, lambda tmp: torch.save(state, tmp))
     eraser = run_dir / "unlearn" / "fedEraser"
     if eraser.exists():  # its server-side store holds each client's touched item rows
         from fedshare.baselines import ClientUpdates, HistoryStore

@@ -58,7 +58,9 @@ class MemoryGrid:
             group = m.metadata.group_id
             m.metadata.__dict__["_message_id"] = f"{group}-{shard}-{n}"  # the SuperLink sets it
             ids.append(m.metadata.message_id)
-            if shard in self.drop and (group in ("test", "finish") or group.isdigit() and int(group) >= self.drop[shard]):
+            if shard in self.drop and (
+                group in ("test", "finish") or group.isdigit() and int(group) >= self.drop[shard]
+            ):
                 continue  # the node is gone: no reply, ever
             try:
                 reply = apps.client_app(m, self.contexts[m.metadata.dst_node_id])
@@ -89,7 +91,9 @@ def _serve(cfg, grid) -> dict[str, float]:
 
 def _close(a: dict[str, float], b: dict[str, float], tol: float) -> list[str]:
     keys = sorted(set(a) | set(b))
-    return [f"{k}: {a.get(k)} vs {b.get(k)}" for k in keys if k not in a or k not in b or abs(a[k] - b[k]) > tol]
+    return [
+        f"{k}: {a.get(k)} vs {b.get(k)}" for k in keys if k not in a or k not in b or abs(a[k] - b[k]) > tol
+    ]
 
 
 def test_flower_apps_equal_the_in_process_run(tiny: list[str], tmp_path: Path) -> None:
@@ -110,7 +114,10 @@ def test_nodes_draw_their_own_streams(tiny: list[str], tmp_path: Path) -> None:
     _, two = train(_cfg(tiny, tmp_path / "two", "fed.nodes=2"))
     rows_one, rows_two = one["model"].clients.user_emb, two["model"].clients.user_emb
     assert not torch.allclose(rows_one, rows_two)
-    assert one["model"].clients.round_gens[0].get_state().equal(two["model"].clients.round_gens[0].get_state()) is False
+    assert (
+        one["model"].clients.round_gens[0].get_state().equal(two["model"].clients.round_gens[0].get_state())
+        is False
+    )
 
 
 def _shared_pairs(cfg) -> set[tuple[int, int]]:
@@ -157,7 +164,11 @@ def test_the_scan_catches_a_node_that_sends_local_data(tiny: list[str], tmp_path
     def leaky(self, round_):
         local = self.data.train.select(np.ones(len(self.data.train.items), bool))
         users, items = local.users, local.items
-        return to_record(users=users, items=items) if round_ == 1 else to_record(users=users[:0], items=items[:0])
+        return (
+            to_record(users=users, items=items)
+            if round_ == 1
+            else to_record(users=users[:0], items=items[:0])
+        )
 
     monkeypatch.setattr(Node, "_shares", leaky)
     cfg = _cfg(tiny, tmp_path / "run")
@@ -222,10 +233,14 @@ def test_configure_fit_sends_each_node_only_its_clients_and_views(tiny: list[str
         assert model["q"].shape == (120, module.server.item_emb.shape[1])
         views = {n: a.numpy() for n, a in content["views"].items()}
         assert all(u % 2 == k for u in views["view_users"].tolist())  # only its own users' views
-        assert set(views["view_users"].tolist()) == {u for u in (0, 1, 2, 3, 5) if u in cohort.tolist() and u % 2 == k}
+        assert set(views["view_users"].tolist()) == {
+            u for u in (0, 1, 2, 3, 5) if u in cohort.tolist() and u % 2 == k
+        }
 
 
-def test_aggregate_fit_adds_replies_in_shard_order_and_runs_the_graph_step(tiny: list[str], tmp_path: Path) -> None:
+def test_aggregate_fit_adds_replies_in_shard_order_and_runs_the_graph_step(
+    tiny: list[str], tmp_path: Path
+) -> None:
     cfg = _cfg(tiny, tmp_path / "run")
     module = new_model(cfg, 60, 120)
     strategy = FedShareStrategy(cfg, module)
@@ -296,25 +311,44 @@ def _launch(args: list[str], tmp_path: Path, **kw) -> subprocess.Popen:
 
 
 def _e2e_args(tiny: list[str], out: Path, *extra: str) -> list[str]:
-    return [*tiny, "nodes=2", "fed.rounds=2", "eval.every=1", "logger=none", f"paths.output_dir={out}", *extra]
+    return [
+        *tiny,
+        "nodes=2",
+        "fed.rounds=2",
+        "eval.every=2",
+        "logger=none",
+        f"paths.output_dir={out}",
+        *extra,
+    ]
 
 
 def test_e2e_two_supernodes_equal_the_in_process_run(tiny: list[str], tmp_path: Path) -> None:
+    """Learning, then unsharing with contrastive unlearning and plain deletion, on 2 SuperNodes."""
     out = tmp_path / "flower"
-    proc = _launch(_e2e_args(tiny, out), tmp_path)
+    extra = ("unlearn.methods=[contrastive,delete_only]", "unlearn.contrastive.steps=10")
+    proc = _launch(_e2e_args(tiny, out, *extra), tmp_path)
     text, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, text[-3000:]
     assert not processes_with_home(out / "flower" / "home"), "a Flower process outlived the launcher"
-    expected, objs = train(compose([*compose_args(_e2e_args(tiny, tmp_path / "inproc"))]))
+    inproc = tmp_path / "inproc"
+    expected, _ = train(compose([*compose_args(_e2e_args(tiny, inproc, *extra))]))
     got = json.loads((out / "metrics.json").read_text())
-    assert not _close(expected, got, 1e-4)
-    # the same run folder: config, metrics, history, and a checkpoint Lightning loads
+    timing = [k for k in expected if k.endswith("/time_s")]
+    assert "unlearn/contrastive/test/recall@20" in got and "test/recall@20" in got
+    assert not _close(
+        {k: v for k, v in expected.items() if k not in timing},
+        {k: v for k, v in got.items() if k not in timing},
+        1e-4,
+    )
+    # the same run folder: config, metrics, history, snapshots, and a checkpoint Lightning loads
     for name in ("config.yaml", "metrics.json", "history.json", "command.txt", "checkpoints/last.ckpt"):
         assert (out / name).is_file(), name
+    snaps = sorted(p.name for p in (out / "unlearn" / "contrastive" / "snapshots").iterdir())
+    assert snaps == sorted(p.name for p in (inproc / "unlearn" / "contrastive" / "snapshots").iterdir())
     from lightning_modules.fedshare import FedShareModule
 
     loaded = FedShareModule.load_from_checkpoint(out / "checkpoints" / "last.ckpt")
-    ref = objs["model"].state_dict()
+    ref = torch.load(inproc / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     for key, value in loaded.state_dict().items():
         assert torch.allclose(value, ref[key].cpu(), atol=1e-5), key
     toml = (out / "flower" / "home" / "config.toml").read_text()
@@ -323,7 +357,7 @@ def test_e2e_two_supernodes_equal_the_in_process_run(tiny: list[str], tmp_path: 
 
 def test_e2e_a_killed_supernode_is_skipped(tiny: list[str], tmp_path: Path) -> None:
     out = tmp_path / "flower"
-    proc = _launch(_e2e_args(tiny, out, "fed.rounds=3", "eval.every=5", "flower.round_timeout=20"), tmp_path)
+    proc = _launch(_e2e_args(tiny, out, "fed.rounds=3", "eval.every=5", "flower.round_timeout=30"), tmp_path)
     home = out / "flower" / "home"
     lines = []
     killed = None
@@ -349,7 +383,8 @@ def test_e2e_a_serverapp_failure_fails_the_launch(tiny: list[str], tmp_path: Pat
     """`flwr run --stream` exits 0 when the ServerApp crashes: the launcher reads the run's
     status and fails with the ServerApp's error (here: the nodes cannot read the data)."""
     out = tmp_path / "flower"
-    args = [*_e2e_args(tiny, out), "data=ml-100k", f"data.root={tmp_path / 'nowhere'}", "data.download.url=null"]
+    args = ["nodes=2", "fed.rounds=2", "logger=none", f"paths.output_dir={out}", "data=ml-100k"]
+    args += [f"data.root={tmp_path / 'nowhere'}", "data.download.url=null"]
     proc = _launch(args, tmp_path)
     text, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1, text[-3000:]
@@ -368,3 +403,66 @@ def test_e2e_ctrl_c_stops_every_process(tiny: list[str], tmp_path: Path) -> None
     assert proc.returncode == 130, text[-3000:]
     time.sleep(0.5)
     assert not processes_with_home(out / "flower" / "home")
+
+
+def test_connection_is_written_into_flwr_home(tiny: list[str], tmp_path: Path) -> None:
+    from fedshare.flower.launch import FlowerLaunch
+
+    local = FlowerLaunch(_cfg(tiny, tmp_path / "a"), tmp_path / "a")
+    toml = (tmp_path / "a" / "flower" / "home" / "config.toml").read_text()
+    assert 'default = "fedshare"' in toml and 'address = "127.0.0.1:' in toml and "insecure = true" in toml
+    assert local.env["FLWR_HOME"] == str(tmp_path / "a" / "flower" / "home")
+    assert local.env["TMPDIR"] == str(tmp_path / "a" / "flower" / "tmp")
+    for key in (
+        "FLWR_TELEMETRY_ENABLED",
+        "FLWR_DISABLE_UPDATE_CHECK",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION",
+    ):
+        assert local.env[key] in ("0", "1")
+    cfg = _cfg(
+        tiny,
+        tmp_path / "b",
+        "flower.superlink=linkhost:9092",
+        "flower.tls=true",
+        "flower.root_certificates=/etc/ca.crt",
+    )
+    remote = FlowerLaunch(cfg, tmp_path / "b")
+    remote.start()  # an external SuperLink: nothing is started here
+    assert remote.procs == []
+    toml = (tmp_path / "b" / "flower" / "home" / "config.toml").read_text()
+    assert 'address = "linkhost:9092"' in toml and "insecure = false" in toml
+    assert 'root-certificates = "/etc/ca.crt"' in toml
+
+
+def test_unlearning_on_the_nodes_equals_the_in_process_phase(tiny: list[str], tmp_path: Path) -> None:
+    """Contrastive unlearning and plain deletion on Flower: the server unlearns on its own
+    tables, the nodes move the pairs to their local data and judge; same numbers as in-process."""
+    extra = ("unlearn.methods=[contrastive,delete_only]", "unlearn.contrastive.steps=10")
+    expected, _ = train(_cfg(tiny, tmp_path / "inproc", *extra))
+    grid = MemoryGrid(2)
+    got = _serve(_cfg(tiny, tmp_path / "flower", *extra), grid)
+    got = json.loads((tmp_path / "flower" / "metrics.json").read_text())
+    timing = [k for k in expected if k.endswith("/time_s")]
+    assert timing and any(k.startswith("unlearn/contrastive/") for k in got)
+    assert not _close(
+        {k: v for k, v in expected.items() if k not in timing},
+        {k: v for k, v in got.items() if k not in timing},
+        1e-5,
+    )
+    # the devices moved the pairs to their local data, and the server's files hold none of them
+    users, items = (torch.tensor(c) for c in zip(*[(u, i) for u, i in _revoked(tmp_path / "flower")]))
+    for ctx in grid.contexts.values():
+        node = Node.from_context(ctx)
+        shared = node.clients.shared_items
+        owner = torch.repeat_interleave(torch.arange(node.data.n_users), node.clients.shared_indptr.diff())
+        assert not torch.isin(owner * node.data.n_items + shared, users * node.data.n_items + items).any()
+    state = torch.load(tmp_path / "flower" / "checkpoints" / "server.ckpt", weights_only=False)
+    edges = state["server_graph"]["edges"]
+    assert state["unlearned"] and not torch.isin(edges[:, 0] * 1000 + edges[:, 1], users * 1000 + items).any()
+
+
+def _revoked(run_dir: Path) -> list[tuple[int, int]]:
+    from fedshare.unlearn import device_record
+
+    lines = device_record(run_dir).read_text().splitlines()[1:]
+    return [tuple(int(x) for x in line.split(",")) for line in lines]

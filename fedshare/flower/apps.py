@@ -24,11 +24,17 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedshare.flower.node import Node
-from fedshare.flower.strategy import FedShareStrategy, setup_content
+from fedshare.flower.strategy import FedShareStrategy, check_reply, setup_content
 
 log = logging.getLogger("fedshare.flower")
 
-KIND_TYPE = {"setup": "query", "train": "train", "evaluate": "evaluate", "finish": "query"}
+KIND_TYPE = {
+    "setup": "query",
+    "train": "train",
+    "evaluate": "evaluate",
+    "unshare": "query",
+    "finish": "query",
+}
 
 
 class FlowerRunError(RuntimeError):
@@ -47,7 +53,9 @@ def exchange(
 
     Replies are pulled every 50 ms (``Grid.send_and_receive`` sleeps 3 s between pulls)."""
     shard_of_node = {n: k for k, n in node_of.items()}
-    messages = [Message(content, node_of[k], KIND_TYPE[kind], group_id=group) for k, content in contents.items()]
+    messages = [
+        Message(content, node_of[k], KIND_TYPE[kind], group_id=group) for k, content in contents.items()
+    ]
     waiting = set(grid.push_messages(messages))
     replies, failed = {}, {}
     deadline = time.monotonic() + timeout
@@ -142,6 +150,8 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
     live = list(range(n))
     lost: dict[int, int] = {}
     logs: dict[str, float] = {}
+    round_s: list[float] = []
+    (run_dir / "flower").mkdir(exist_ok=True)
 
     def run(kind: str, contents: dict[int, RecordDict], group: str) -> dict[int, RecordDict]:
         replies, failed = exchange(grid, kind, contents, node_of, timeout, group)
@@ -184,6 +194,8 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
         _say(line)
         if r % int(cfg.checkpoint.every) == 0 or r == rounds:
             save_server(run_dir, strategy, r, history)
+        round_s.append(time.perf_counter() - t0)  # the whole round as the server waits for it
+        _write_json(run_dir / "flower" / "rounds.json", {"round_s": round_s})
     test = {f"test/{k}": v for k, v in evaluate("test", "test").items()}
     metrics = dict(test)  # what the in-process run's metrics.json holds
     metrics["rounds_done"] = float(rounds)
@@ -195,7 +207,55 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
     finish = {k: RecordDict({"config": ConfigRecord({"action": "finish"})}) for k in live}
     run("finish", finish, "finish")
     save_server(run_dir, strategy, rounds, history)
+    if methods:
+        metrics.update(unlearn_on_nodes(cfg, strategy, run_dir, methods, run, live))
     return metrics
+
+
+def unlearn_on_nodes(
+    cfg: Any, strategy: FedShareStrategy, run_dir: Path, methods: list[str], run, live
+) -> dict:
+    """The unlearning phase of `fedshare.unlearn` with the clients on the nodes: the server
+    deletes the pairs from its stores and runs the method on its own tables; the nodes move
+    the pairs to their local data and judge every model (ranking needs the clients' rows)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from fedshare.unlearn import unlearn_phase
+    from fedshare.unlearning import auc, forget_hits
+
+    module = strategy.module
+    graph = module.server.graph
+    data = SimpleNamespace(n_users=graph.n_users, n_items=graph.n_items)
+
+    def notify(users: torch.Tensor, items: torch.Tensor) -> None:
+        replies = run("unshare", strategy.configure_unshare(users, items, list(live)), "unshare")
+        for content in replies.values():
+            check_reply("unshare", content)
+
+    def judge(model: Any, _data: Any, users: torch.Tensor, items: torch.Tensor, k: int) -> dict[str, float]:
+        revoking = torch.unique(users)
+        replies = run("evaluate", strategy.configure_judge(model.server, revoking, list(live)), "judge")
+        everyone, revoked, other = strategy.aggregate_judge(replies)
+        out = {
+            f"test/{key}": v for key, v in everyone.items() if key.endswith(f"@{k}") and "/share=" not in key
+        }
+        out.update(
+            {
+                f"revoking/{key}": v
+                for key, v in revoked.items()
+                if key.endswith(f"@{k}") and "/share=" not in key
+            }
+        )
+        out[f"forget/hit@{k}"] = forget_hits(model, users, items, k)
+        server = model.server
+        member = (server.user_view[users] * server.item_view[items]).sum(-1)
+        out["mia/auc"] = auc(member, other)
+        return out
+
+    _say(f"[fedshare] unlearning on the server with {', '.join(methods)}; judged on the nodes")
+    return unlearn_phase(cfg, module, data, run_dir, None, methods, judge_fn=judge, on_deleted=notify)
 
 
 def _plain(value: Any) -> Any:
@@ -251,6 +311,9 @@ def client_query(msg: Message, context: Context) -> Message:
         node = Node.from_context(context, yaml)
         node.save(context)
         return Message(node.setup(), reply_to=msg)
+    if action == "unshare":
+        node = Node.from_context(context)
+        return Message(node.unshare(context, msg.content), reply_to=msg)
     if action == "finish":
         node = Node.from_context(context)
         out = context.node_config.get("out-dir")

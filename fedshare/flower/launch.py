@@ -43,6 +43,7 @@ FLOWER_ENV = {
     "DGLBACKEND": "pytorch",
 }
 CONNECTION = "fedshare"  # the connection's name in $FLWR_HOME/config.toml
+FLOWER_METHODS = ("contrastive", "delete_only")  # unlearning methods that need no client rounds
 
 APP_TOML = """[build-system]
 requires = ["hatchling"]
@@ -140,11 +141,17 @@ class FlowerLaunch:
         from fedshare import __version__
 
         (self.app / "pyproject.toml").write_text(APP_TOML.format(version=__version__))
-        insecure = "true" if not self.external else str(not bool(self.cfg.flower.get("tls", False))).lower()
-        (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "{self.address}"\ninsecure = {insecure}\n'
-        )
+        tls = bool(self.external and self.cfg.flower.tls)  # here: 127.0.0.1 only, no TLS
+        lines = [
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]',
+            f'address = "{self.address}"',
+        ]
+        lines.append(f"insecure = {'false' if tls else 'true'}")
+        if tls and self.cfg.flower.root_certificates:
+            lines.append(
+                f'root-certificates = "{Path(self.cfg.flower.root_certificates).expanduser().absolute()}"'
+            )
+        (self.home / "config.toml").write_text("\n".join(lines) + "\n")
 
     # ---- processes -------------------------------------------------------------------------------
     def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -384,6 +391,13 @@ def launch(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
         raise LaunchError(f"python -m fedshare.flower runs model=fedshare; got model={cfg.model.name}")
     if cfg.resume:
         raise LaunchError("resume=true is not supported on Flower yet: start a new run")
+    other = [m for m in cfg.unlearn.methods or [] if m not in FLOWER_METHODS]
+    if other:
+        raise LaunchError(
+            f"unlearn.methods={list(cfg.unlearn.methods)}: on Flower the server runs {', '.join(FLOWER_METHODS)} "
+            f"(the others retrain or replay clients); run {', '.join(other)} in-process on the joined checkpoint: "
+            "python -m fedshare.unlearn run_dir=RUN method=NAME"
+        )
     run_dir = run_dir_for(cfg)
     if (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists():
         raise RunFolderError(f"{run_dir} already holds a run; pick another paths.output_dir")
@@ -410,6 +424,15 @@ def launch(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
         f"\nTest metrics (fedshare on {cfg.data.name}, Flower, {int(cfg.fed.nodes)} SuperNodes, {seconds:.1f} s):"
     )
     print(format_table(metrics))
+    if any(k.startswith("unlearn/") for k in metrics):
+        from fedshare.report import format_comparison, write_figures
+
+        print(
+            f"\nBefore / after unlearning ({int(metrics['unlearn/revoked_pairs'])} revoked pairs of "
+            f"{int(metrics['unlearn/revoking_users'])} users):"
+        )
+        print(format_comparison(metrics, int(cfg.unlearn.k)))
+        write_figures(run_dir)
     print(f"Run folder: {run_dir}")
     return metrics
 

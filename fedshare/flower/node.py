@@ -32,6 +32,7 @@ from fedshare.metrics import RankingMetrics, update_ranking
 
 STATE = "fedshare.state"  # context.state records
 CONFIG = "fedshare.config"
+UNSHARED = "fedshare.unshared"
 
 
 class NodeConfigError(ValueError):
@@ -122,6 +123,9 @@ class Node:
         node = Node(cfg, shard_from(context.node_config, cfg))
         if STATE in context.state:
             node.restore(context.state[STATE])
+        if UNSHARED in context.state:
+            t = from_record(context.state[UNSHARED])
+            node.clients.unshare(t["users"].long(), t["items"].long())
         context.state[CONFIG] = ConfigRecord({"yaml": yaml})
         return node
 
@@ -181,28 +185,64 @@ class Node:
 
     @torch.no_grad()
     def evaluate(self, content: RecordDict) -> RecordDict:
+        """Ranking metrics (sums and counts) of the node's users; with a ``judge`` record also of
+        its revoking users, and the server-side scores of their held-out pairs (the membership
+        attack of `fedshare.unlearning.mia_auc`, whose other half the server computes)."""
         split = str(content["config"]["split"])
         target, history = {"valid": ("valid", ("train",)), "test": ("test", ("train", "valid"))}.get(
             split, ("test", ("train", "valid"))
         )
         q = from_record(content["model"])["q"]
         views = views_from(from_record(content["views"])) if "views" in content else None
-        metric = RankingMetrics(self.module.ks, list(self.data.group_names))
         module = self.module
         csr = {
             n: (getattr(module, f"{n}_indptr"), getattr(module, f"{n}_items"))
             for n in ("train", "valid", "test")
         }
-        degrees = csr[target][0].diff()
-        users = self.users[degrees.index_select(0, self.users) > 0]
-        size = int(self.cfg.eval.batch_users)
-        for lo in range(0, users.numel(), size):
-            batch = users[lo : lo + size]
-            scores = self.clients.score(batch, q, views, getattr(module, "beta", 0.0)).float()
-            update_ranking(
-                metric, scores, batch, [csr[n] for n in history], csr[target], module.share_group[batch]
+
+        def ranked(users: torch.Tensor) -> ArrayRecord:
+            metric = RankingMetrics(module.ks, list(self.data.group_names))
+            users = users[csr[target][0].diff().index_select(0, users) > 0]
+            size = int(self.cfg.eval.batch_users)
+            for lo in range(0, users.numel(), size):
+                batch = users[lo : lo + size]
+                scores = self.clients.score(batch, q, views, getattr(module, "beta", 0.0)).float()
+                update_ranking(
+                    metric, scores, batch, [csr[n] for n in history], csr[target], module.share_group[batch]
+                )
+            return to_record(sums=metric.sums, counts=metric.counts)
+
+        out = RecordDict({"metric": ranked(self.users)})
+        if "judge" in content:
+            j = from_record(content["judge"])
+            revoking = j["revoking"].long()
+            out["revoking"] = ranked(revoking)
+            indptr, items = csr["test"]
+            counts = indptr.index_select(0, revoking + 1) - indptr.index_select(0, revoking)
+            rows = torch.repeat_interleave(torch.arange(revoking.numel()), counts)
+            parts = [items[indptr[u] : indptr[u + 1]] for u in revoking.tolist()]
+            t_items = torch.cat(parts) if parts else items[:0]
+            scores = (
+                j["mia_user_views"].index_select(0, rows) * j["item_view"].index_select(0, t_items)
+            ).sum(-1)
+            out["mia"] = to_record(scores=scores)
+        return out
+
+    def unshare(self, context: Any, content: RecordDict) -> RecordDict:
+        """The node's users stop sharing these pairs: they stay on the device as local data
+        (kept in ``context.state``, so every later message rebuilds the node without them)."""
+        t = from_record(content["pairs"])
+        users, items = t["users"].long(), t["items"].long()
+        if users.numel() and bool((shard_of(users, self.nodes) != self.shard).any()):
+            raise NodeConfigError(
+                f"unshare: the server sent pairs of another shard's users to shard {self.shard}"
             )
-        return RecordDict({"metric": to_record(sums=metric.sums, counts=metric.counts)})
+        self.clients.unshare(users, items)
+        if UNSHARED in context.state:
+            old = from_record(context.state[UNSHARED])
+            users, items = torch.cat([old["users"], users]), torch.cat([old["items"], items])
+        context.state[UNSHARED] = to_record(users=users, items=items)
+        return RecordDict({"info": ConfigRecord({"unshared": int(t["users"].numel())})})
 
     def finish(self, out_dir: str | None) -> RecordDict:
         """Writes the node's clients' rows to ``out-dir`` (the node's own disk)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord, RecordDict
 from omegaconf import DictConfig
@@ -28,6 +29,7 @@ from torch import Tensor
 
 from fedshare.fedmf import shard_of
 from fedshare.flower.payload import from_record, slice_views, to_record, upload_from, views_record
+from fedshare.interactions import UserCSR
 from fedshare.metrics import RankingMetrics
 
 # what a node may send back, per message kind (record name -> allowed keys)
@@ -41,7 +43,8 @@ REPLY_KEYS = {
         "losses": {"bpr_sum", "bpr_steps", "cl_sum", "cl_steps"},
         "shares": {"users", "items"},
     },
-    "evaluate": {"metric": {"sums", "counts"}},
+    "evaluate": {"metric": {"sums", "counts"}, "revoking": {"sums", "counts"}, "mia": {"scores"}},
+    "unshare": {"info": {"unshared"}},
     "finish": {"info": {"written"}},
 }
 
@@ -76,6 +79,11 @@ class FedShareStrategy:
         self.module = module
         self.server = module.server
         self.nodes = int(cfg.fed.nodes)
+        # the module's client half holds no data here (the clients are on the nodes): empty
+        # rows, so the server-side code that touches it (unsharing's bookkeeping) sees nothing
+        n_users, n_items = self.server.graph.n_users, self.server.graph.n_items
+        empty = UserCSR(np.zeros(n_users + 1, np.int64), np.zeros(0, np.int64), None, n_items)
+        module.clients.attach_data(empty, empty, np.full(n_users, -1, np.int64))
         self.optimizer = torch.optim.Adam(
             [self.server.user0, self.server.item0], lr=module.hparams.server_graph_lr
         )
@@ -184,12 +192,61 @@ class FedShareStrategy:
             out[k] = content
         return out
 
-    def aggregate_evaluate(self, replies: dict[int, RecordDict]) -> dict[str, float]:
+    def aggregate_evaluate(self, replies: dict[int, RecordDict], record: str = "metric") -> dict[str, float]:
         self.metric.reset()
         for k in sorted(replies):
             check_reply("evaluate", replies[k])
-            t = from_record(replies[k]["metric"])
+            t = from_record(replies[k][record])
             self.metric.add_sums(t["sums"], t["counts"])
         values = {key: float(v) for key, v in self.metric.compute().items()}
         self.metric.reset()
         return values
+
+    # ---- unlearning ------------------------------------------------------------------------------
+    def configure_unshare(self, users: Tensor, items: Tensor, shards: list[int]) -> dict[int, RecordDict]:
+        """Each node learns which of its users' shared pairs are local again."""
+        of = shard_of(users, self.nodes)
+        return {
+            k: RecordDict(
+                {
+                    "config": ConfigRecord({"action": "unshare"}),
+                    "pairs": to_record(users=users[of == k], items=items[of == k]),
+                }
+            )
+            for k in shards
+        }
+
+    def configure_judge(self, server: Any, revoking: Tensor, shards: list[int]) -> dict[int, RecordDict]:
+        """The judging of an (unlearned) model ``server``: test ranking of every user and of the
+        revoking users, and, for the membership attack, the server's views of the revoking
+        users (each node scores them against its users' held-out items)."""
+        views = server.views(pool=False)
+        view_of = shard_of(views.users, self.nodes) if views is not None else None
+        of = shard_of(revoking, self.nodes)
+        out = {}
+        for k in shards:
+            mine = revoking[of == k]
+            content = RecordDict(
+                {
+                    "config": ConfigRecord({"action": "evaluate", "split": "test"}),
+                    "model": to_record(q=server.item_emb),
+                    "judge": to_record(
+                        revoking=mine,
+                        mia_user_views=server.user_view.index_select(0, mine),
+                        item_view=server.item_view,
+                    ),
+                }
+            )
+            if views is not None:
+                content["views"] = views_record(slice_views(views, view_of == k, pool=False))
+            out[k] = content
+        return out
+
+    def aggregate_judge(
+        self, replies: dict[int, RecordDict]
+    ) -> tuple[dict[str, float], dict[str, float], Tensor]:
+        """Test metrics of everyone, of the revoking users, and the nodes' held-out scores."""
+        everyone = self.aggregate_evaluate(replies, "metric")
+        revoking = self.aggregate_evaluate(replies, "revoking")
+        scores = [from_record(replies[k]["mia"])["scores"] for k in sorted(replies)]
+        return everyone, revoking, torch.cat(scores) if scores else torch.zeros(0)
