@@ -12,6 +12,7 @@ What lives where (DESIGN.md section 1):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -22,18 +23,9 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from fedshare.datasets import load_dataset, locate_files
-from fedshare.interactions import InteractionData, UserCSR, to_csr
-from fedshare.seeding import numpy_generator
-from fedshare.sharing import (
-    draw_ratios,
-    draw_start_rounds,
-    ratio_histogram,
-    realised_ratios,
-    select_shared,
-    share_groups,
-    sharing_summary,
-)
+from fedshare.datasets import locate_files
+from fedshare.interactions import InteractionData, UserCSR
+from fedshare.sharing import partition, ratio_histogram, sharing_summary
 
 log = logging.getLogger(__name__)
 
@@ -59,29 +51,10 @@ class FederatedDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:  # split once, whatever the stage
             return
-        cfg = self.cfg
-        data = load_dataset(cfg.data, seed=cfg.seed)
-        n_users, n_items = data.n_users, data.n_items
-        self.train = to_csr(data.train, n_users, n_items)
-        self.valid = to_csr(data.valid, n_users, n_items)
-        self.test = to_csr(data.test, n_users, n_items)
-
-        rng = numpy_generator(cfg.seed, "sharing")
-        self.share_ratio_drawn = draw_ratios(cfg.sharing, n_users, rng)
-        self.shared_mask = select_shared(self.train, self.share_ratio_drawn, cfg.sharing.selection, rng)
-        self.shared = self.train.select(self.shared_mask)
-        self.local = self.train.select(~self.shared_mask)
-        self.share_ratio = realised_ratios(self.train, self.shared_mask)
-        self.share_group, self.group_names = share_groups(self.share_ratio)
-        # its own stream: adding late sharers never changes who shares what
-        self.share_start = draw_start_rounds(
-            cfg.sharing,
-            self.shared_mask,
-            self.train.users,
-            n_users,
-            numpy_generator(cfg.seed, "sharing-start"),
-        )
-        self.data = data
+        parts = partition(self.cfg)  # train, valid, test, shared, local, share_* and group_names
+        for field in dataclasses.fields(parts):
+            setattr(self, field.name, getattr(parts, field.name))
+        data = parts.data
         log.info(data.summary())
         log.info(
             "sharing: %s",

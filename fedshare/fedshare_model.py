@@ -16,7 +16,7 @@ clients -> server: an `Upload` (FedAvg sums), and ``S_u`` once, when a user star
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,11 +24,13 @@ from torch import Tensor, nn
 
 from fedshare.federation import cohort_data
 from fedshare.fedmf import FedAvgServer, FedMFClients
-from fedshare.graph import SharedGraph
 from fedshare.interactions import UserCSR
-from fedshare.lightgcn import EdgeSampler, bpr_loss
 from fedshare.losses import info_nce, info_nce_in_batch
 from fedshare.seeding import torch_generator
+
+if TYPE_CHECKING:  # the graph (DGL) is the server's: a client-only process never imports it
+    from fedshare.graph import SharedGraph
+    from fedshare.lightgcn import EdgeSampler
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,41 @@ class FedShareClients(FedMFClients):
         return scores
 
 
+CLIENT_KEYS = (
+    "dim",
+    "init_std",
+    "local_epochs",
+    "batch_size",
+    "lr",
+    "reg",
+    "lambda_cl",
+    "tau",
+    "share_weighted",
+)
+
+
+def make_clients(n_users: int, init: torch.Generator, seed: int, nodes: int, **keys: Any) -> FedShareClients:
+    """FedShare's client half as `FedShareModule` builds it (``keys``: `CLIENT_KEYS` of the
+    model config; others are ignored). Its private rows are the first draws of ``init``: a
+    Flower node that builds only this half, from a fresh "init" stream, holds the same rows."""
+    k = {name: keys[name] for name in CLIENT_KEYS}
+    return FedShareClients(
+        n_users,
+        k["dim"],
+        init,
+        k["init_std"],
+        k["local_epochs"],
+        k["batch_size"],
+        k["lr"],
+        k["reg"],
+        seed,
+        nodes=nodes,
+        lambda_cl=k["lambda_cl"],
+        tau=k["tau"],
+        share_weighted=k["share_weighted"],
+    )
+
+
 class GraphServer(FedAvgServer):
     def __init__(
         self,
@@ -201,6 +238,8 @@ class GraphServer(FedAvgServer):
         self.item0 = nn.Parameter(torch.randn(n_items, dim, generator=table_init) * init_std)
         self.register_buffer("user_view", torch.zeros(n_users, dim))
         self.register_buffer("item_view", torch.zeros(n_items, dim))
+        from fedshare.graph import SharedGraph
+
         self.graph = SharedGraph(n_users, n_items)
         self.sampler: EdgeSampler | None = None
         self._sharing: Tensor | None = None
@@ -262,6 +301,8 @@ class GraphServer(FedAvgServer):
         """LightGCN-BPR on the shared edges plus ``lambda_cl * InfoNCE(z_i, Q_i)``; refreshes views."""
         if self.graph.n_edges == 0 or optimizer is None or self.steps == 0:
             return {}
+        from fedshare.lightgcn import EdgeSampler, bpr_loss
+
         if self.sampler is None:
             self.sampler = EdgeSampler(self.graph)
         device = self.item_emb.device
@@ -311,6 +352,8 @@ class GraphServer(FedAvgServer):
         return out
 
     def load_graph_state(self, state: dict[str, Tensor]) -> None:
+        from fedshare.graph import SharedGraph
+
         self.graph = SharedGraph.from_state(
             self.graph.n_users, self.graph.n_items, state, self.item_emb.device
         )

@@ -21,11 +21,12 @@ The config is the ``sharing`` group (``cfg.sharing``, a DictConfig or a plain di
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from fedshare.interactions import UserCSR
+from fedshare.interactions import InteractionData, UserCSR
 
 POLICIES = ("fixed", "uniform", "beta", "segments")
 SELECTIONS = ("random", "recent")
@@ -282,3 +283,56 @@ def draw_start_rounds(
         late = rng.permutation(sharers)[:n_late]
         start[late] = rng.integers(first, last + 1, n_late)
     return start
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One dataset, split once and partitioned per user into local and shared: what the data
+    module holds (`datamodules.federated`) and what a Flower node keeps its shard of."""
+
+    data: InteractionData
+    train: UserCSR
+    valid: UserCSR
+    test: UserCSR
+    share_ratio_drawn: np.ndarray
+    shared_mask: np.ndarray
+    shared: UserCSR
+    local: UserCSR
+    share_ratio: np.ndarray
+    share_group: np.ndarray
+    group_names: list[str]
+    share_start: np.ndarray
+
+
+def partition(cfg: Any) -> Partition:
+    """Load ``cfg.data``, split it, draw every user's ratio, shared part and start round."""
+    from fedshare.datasets import load_dataset
+    from fedshare.interactions import to_csr
+    from fedshare.seeding import numpy_generator
+
+    data = load_dataset(cfg.data, seed=cfg.seed)
+    n_users, n_items = data.n_users, data.n_items
+    train = to_csr(data.train, n_users, n_items)
+    rng = numpy_generator(cfg.seed, "sharing")
+    ratio_drawn = draw_ratios(cfg.sharing, n_users, rng)
+    shared_mask = select_shared(train, ratio_drawn, cfg.sharing.selection, rng)
+    share_ratio = realised_ratios(train, shared_mask)
+    share_group, group_names = share_groups(share_ratio)
+    # its own stream: adding late sharers never changes who shares what
+    share_start = draw_start_rounds(
+        cfg.sharing, shared_mask, train.users, n_users, numpy_generator(cfg.seed, "sharing-start")
+    )
+    return Partition(
+        data,
+        train,
+        to_csr(data.valid, n_users, n_items),
+        to_csr(data.test, n_users, n_items),
+        ratio_drawn,
+        shared_mask,
+        train.select(shared_mask),
+        train.select(~shared_mask),
+        share_ratio,
+        share_group,
+        list(group_names),
+        share_start,
+    )

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fedshare.fedshare_model import FedShareClients, GraphServer
+from fedshare.fedshare_model import GraphServer, make_clients
 from fedshare.seeding import torch_generator
 from lightning_modules.fedmf import FedMFModule
 from lightning_modules.ranking import RankingModule
@@ -101,17 +101,17 @@ class FedShareModule(FedMFModule):
         self.save_hyperparameters()
         self.beta = beta
         init = torch_generator(seed, "init")  # drawn in FedMF's order: no sharing gives FedMF exactly
-        self.clients = FedShareClients(
+        self.clients = make_clients(
             n_users,
-            dim,
             init,
-            init_std,
-            local_epochs,
-            batch_size,
-            lr,
-            reg,
             seed,
-            nodes=nodes,
+            nodes,
+            dim=dim,
+            init_std=init_std,
+            local_epochs=local_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            reg=reg,
             lambda_cl=lambda_cl,
             tau=tau,
             share_weighted=share_weighted,

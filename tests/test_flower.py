@@ -276,7 +276,7 @@ def test_node_keeps_only_its_own_users(tiny: list[str], tmp_path: Path) -> None:
     cfg = _cfg(tiny, tmp_path / "run")
     dm = FederatedDataModule(cfg)
     dm.setup()
-    data = node_data(dm, 1, 2)
+    data = node_data(dm, 1, 2)  # a data module, or a fedshare.sharing.Partition
     for name in ("train", "valid", "test", "shared"):
         users = getattr(data, name).users
         assert len(users) and (users % 2 == 1).all()

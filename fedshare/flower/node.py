@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedshare.fedmf import shard_of
 from fedshare.flower.payload import from_record, to_record, upload_record, views_from
 from fedshare.interactions import UserCSR
-from fedshare.metrics import RankingMetrics, update_ranking
+from fedshare.ranking import RankingSums, update_ranking
 
 STATE = "fedshare.state"  # context.state records
 CONFIG = "fedshare.config"
@@ -56,22 +56,25 @@ class NodeData:
     val_split: str
 
 
-def node_data(dm: Any, shard: int, nodes: int) -> NodeData:
+def node_data(parts: Any, shard: int, nodes: int, val_split: str = "valid") -> NodeData:
+    """The shard's rows of a `fedshare.sharing.Partition` (or a data module): nothing else is kept."""
+
     def mine(csr: UserCSR) -> UserCSR:
         return csr.select(csr.users % nodes == shard)
 
-    own = np.arange(dm.n_users) % nodes == shard
+    n_users, n_items = parts.train.n_users, parts.train.n_items
+    own = np.arange(n_users) % nodes == shard
     return NodeData(
-        dm.n_users,
-        dm.n_items,
-        mine(dm.train),
-        mine(dm.valid),
-        mine(dm.test),
-        mine(dm.shared),
-        np.where(own, dm.share_start, -1),
-        dm.share_group,
-        list(dm.group_names),
-        dm.val_split,
+        n_users,
+        n_items,
+        mine(parts.train),
+        mine(parts.valid),
+        mine(parts.test),
+        mine(parts.shared),
+        np.where(own, parts.share_start, -1),
+        parts.share_group,
+        list(parts.group_names),
+        val_split,
     )
 
 
@@ -96,17 +99,34 @@ class Node:
     """The clients of one shard, rebuilt for each message from the config and ``context.state``."""
 
     def __init__(self, cfg: DictConfig, shard: int) -> None:
-        from datamodules.federated import FederatedDataModule
-        from fedshare.train import build_model
+        # only what a device needs: no Lightning, no server graph (a ClientApp process starts
+        # for every message, so its imports are paid every round)
+        from fedshare.datasets import locate_files
+        from fedshare.fedshare_model import make_clients
+        from fedshare.seeding import torch_generator
+        from fedshare.sharing import partition
 
         self.cfg, self.shard, self.nodes = cfg, shard, int(cfg.fed.nodes)
-        dm = FederatedDataModule(cfg)
-        dm.prepare_data()
-        dm.setup()
-        self.data = node_data(dm, shard, self.nodes)
-        del dm  # the other shards' rows go now
-        self.module = build_model(cfg, self.data)
-        self.clients = self.module.clients
+        if cfg.data.format != "synthetic":
+            locate_files(cfg.data, download=True)
+        parts = partition(cfg)
+        curve = not parts.valid.items.size and cfg.eval.get("curve", False)  # as the data module's val_split
+        self.data = node_data(parts, shard, self.nodes, "test" if curve else "valid")
+        del parts  # the other shards' rows go now
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        self.clients = make_clients(
+            self.data.n_users, torch_generator(cfg.seed, "init"), int(cfg.seed), self.nodes, **model
+        )
+        self.clients.attach_data(self.data.train, self.data.shared, self.data.share_start)
+        self.csr = {
+            name: (
+                torch.from_numpy(getattr(self.data, name).indptr),
+                torch.from_numpy(getattr(self.data, name).items),
+            )
+            for name in ("train", "valid", "test")
+        }
+        self.share_group = torch.from_numpy(self.data.share_group)
+        self.ks, self.beta = [int(k) for k in cfg.eval.ks], float(model.get("beta", 0.0))
         self.users = torch.nonzero(shard_of(torch.arange(self.data.n_users), self.nodes) == shard).squeeze(1)
         self.gen = self.clients.round_gens[shard]
 
@@ -194,21 +214,17 @@ class Node:
         )
         q = from_record(content["model"])["q"]
         views = views_from(from_record(content["views"])) if "views" in content else None
-        module = self.module
-        csr = {
-            n: (getattr(module, f"{n}_indptr"), getattr(module, f"{n}_items"))
-            for n in ("train", "valid", "test")
-        }
+        csr = self.csr
 
         def ranked(users: torch.Tensor) -> ArrayRecord:
-            metric = RankingMetrics(module.ks, list(self.data.group_names))
+            metric = RankingSums(self.ks, len(self.data.group_names))
             users = users[csr[target][0].diff().index_select(0, users) > 0]
             size = int(self.cfg.eval.batch_users)
             for lo in range(0, users.numel(), size):
                 batch = users[lo : lo + size]
-                scores = self.clients.score(batch, q, views, getattr(module, "beta", 0.0)).float()
+                scores = self.clients.score(batch, q, views, self.beta).float()
                 update_ranking(
-                    metric, scores, batch, [csr[n] for n in history], csr[target], module.share_group[batch]
+                    metric, scores, batch, [csr[n] for n in history], csr[target], self.share_group[batch]
                 )
             return to_record(sums=metric.sums, counts=metric.counts)
 

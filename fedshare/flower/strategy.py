@@ -30,7 +30,6 @@ from torch import Tensor
 from fedshare.fedmf import shard_of
 from fedshare.flower.payload import from_record, slice_views, to_record, upload_from, views_record
 from fedshare.interactions import UserCSR
-from fedshare.metrics import RankingMetrics
 
 # what a node may send back, per message kind (record name -> allowed keys)
 REPLY_KEYS = {
@@ -88,6 +87,8 @@ class FedShareStrategy:
             [self.server.user0, self.server.item0], lr=module.hparams.server_graph_lr
         )
         self.pending: list[tuple[Tensor, Tensor]] = []  # shares entering at the next round
+        from fedshare.metrics import RankingMetrics  # the server's (the nodes use fedshare.ranking)
+
         self.metric = RankingMetrics(module.ks, None)
         self._round: dict[str, Any] = {}
 
@@ -107,7 +108,7 @@ class FedShareStrategy:
                         f"node of shard {shard} loaded other data ({key}={info[key]!r}, shard "
                         f"{min(infos)} has {first[key]!r}): every node must read the same dataset"
                     )
-        self.metric = RankingMetrics(self.module.ks, list(first["group_names"]))
+        self.metric = type(self.metric)(self.module.ks, list(first["group_names"]))
         return first
 
     def _stash_shares(self, content: RecordDict) -> None:
