@@ -41,6 +41,9 @@ FLOWER_ENV = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "DGLBACKEND": "pytorch",
+    # the SuperExec looks for a new ClientApp/ServerApp task every 1 s by default; a round
+    # waits for it on every node
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
 }
 CONNECTION = "fedshare"  # the connection's name in $FLWR_HOME/config.toml
 FLOWER_METHODS = ("contrastive", "delete_only")  # unlearning methods that need no client rounds
