@@ -466,3 +466,18 @@ def _revoked(run_dir: Path) -> list[tuple[int, int]]:
 
     lines = device_record(run_dir).read_text().splitlines()[1:]
     return [tuple(int(x) for x in line.split(",")) for line in lines]
+
+
+def test_a_flower_run_is_logged_to_wandb_offline(tiny: list[str], tmp_path: Path) -> None:
+    from fedshare.flower.launch import log_to_wandb
+
+    extra = ("logger=wandb", "logger.mode=offline", "unlearn.methods=[contrastive]", "unlearn.contrastive.steps=5")
+    cfg = _cfg(tiny, tmp_path / "run", *extra)
+    metrics = _serve(cfg, MemoryGrid(2))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    log_to_wandb(cfg, tmp_path / "run", metrics)
+    offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    blob = b"".join(p.read_bytes() for p in offline[0].glob("*.wandb"))
+    for key in (b"test/recall@20", b"val/recall@20", b"unlearn/comparison", b"flower/nodes"):
+        assert key in blob, key

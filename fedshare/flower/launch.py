@@ -378,6 +378,30 @@ def join_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
     return path
 
 
+def log_to_wandb(cfg: DictConfig, run_dir: Path, metrics: dict[str, float]) -> None:
+    """The finished run into W&B (``logger``; offline by default, files in the run folder), as
+    ``python -m fedshare.train`` logs it: every validation, the summary, the unlearning table."""
+    from fedshare.train import build_logger
+
+    logger = build_logger(cfg, run_dir)
+    if logger is None:
+        return
+    import wandb
+
+    try:
+        run = logger.experiment
+        history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else {}
+        for entry in history.get("val", []):
+            run.log({k: v for k, v in entry.items() if k != "round"}, step=int(entry["round"]))
+        run.summary.update({**metrics, "flower/nodes": int(cfg.fed.nodes)})
+        if any(k.startswith("unlearn/") for k in metrics):
+            from fedshare.report import log_wandb
+
+            log_wandb(run, metrics, int(cfg.unlearn.k))
+    finally:
+        wandb.finish()
+
+
 def compose_args(argv: list[str]) -> list[str]:
     """``nodes=N`` -> ``fed.nodes=N``; the experiment defaults to ``fedshare`` (learning)."""
     args = [f"fed.nodes={a.split('=', 1)[1]}" if a.startswith("nodes=") else a for a in argv]
@@ -427,6 +451,7 @@ def launch(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
         f"\nTest metrics (fedshare on {cfg.data.name}, Flower, {int(cfg.fed.nodes)} SuperNodes, {seconds:.1f} s):"
     )
     print(format_table(metrics))
+    log_to_wandb(cfg, run_dir, metrics)
     if any(k.startswith("unlearn/") for k in metrics):
         from fedshare.report import format_comparison, write_figures
 
