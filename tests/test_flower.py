@@ -310,6 +310,40 @@ def _launch(args: list[str], tmp_path: Path, **kw) -> subprocess.Popen:
     )
 
 
+def _inet_sockets(pids: list[int]) -> list[tuple[str, str]]:
+    """(local, remote) IPv4/IPv6 addresses of every TCP socket the processes hold."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[9] in inodes:
+                found.append((_addr(cols[1]), _addr(cols[2])))
+    return found
+
+
+def _addr(hex_addr: str) -> str:
+    host = hex_addr.split(":")[0]
+    raw = bytes.fromhex(host)
+    if len(raw) == 4:
+        return ".".join(str(b) for b in raw[::-1])
+    words = [raw[i : i + 4][::-1] for i in range(0, 16, 4)]  # /proc stores 4 little-endian words
+    return bytes(b for w in words for b in w).hex()
+
+
+def _local_only(addr: str) -> bool:
+    ipv4_mapped_loopback = "00000000000000000000ffff7f000001"
+    return addr in ("127.0.0.1", "0.0.0.0", "0" * 32, "0" * 31 + "1", ipv4_mapped_loopback)
+
+
 def _e2e_args(tiny: list[str], out: Path, *extra: str) -> list[str]:
     return [
         *tiny,
@@ -392,12 +426,15 @@ def test_e2e_a_serverapp_failure_fails_the_launch(tiny: list[str], tmp_path: Pat
     assert not processes_with_home(out / "flower" / "home")
 
 
-def test_e2e_ctrl_c_stops_every_process(tiny: list[str], tmp_path: Path) -> None:
+def test_e2e_ctrl_c_stops_every_process_and_traffic_stays_local(tiny: list[str], tmp_path: Path) -> None:
     out = tmp_path / "flower"
     proc = _launch(_e2e_args(tiny, out, "fed.rounds=50"), tmp_path)
     for line in proc.stdout:
         if "[fedshare] round 1/50" in line:
             break
+    # mid-run: every socket of every process the launcher started is on 127.0.0.1
+    sockets = _inet_sockets(processes_with_home(out / "flower" / "home"))
+    assert sockets and all(_local_only(a) and _local_only(b) for a, b in sockets), sockets
     proc.send_signal(signal.SIGINT)
     text, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, text[-3000:]
