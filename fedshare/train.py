@@ -214,6 +214,23 @@ def format_table(metrics: dict[str, float], groups: list[str] | None = None) -> 
     return "\n".join(lines)
 
 
+def report_run(
+    title: str, metrics: dict[str, float], cfg: DictConfig, run_dir: Path, groups: list[str] | None = None
+) -> None:
+    """The end of a run on the terminal: test metrics, the before/after unlearning table (and
+    its figures in the run folder), the run folder."""
+    print(f"\nTest metrics ({title}):")
+    print(format_table(metrics, groups))
+    if any(k.startswith("unlearn/") for k in metrics):
+        print(
+            f"\nBefore / after unlearning ({int(metrics['unlearn/revoked_pairs'])} revoked pairs of "
+            f"{int(metrics['unlearn/revoking_users'])} users):"
+        )
+        print(format_comparison(metrics, int(cfg.unlearn.k)))
+        write_figures(run_dir)
+    print(f"Run folder: {run_dir}")
+
+
 def train(cfg: DictConfig, command: str | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """Runs fit + test for ``cfg`` (and the unlearning phase when ``unlearn.methods`` is set);
     returns the flat metrics and the objects used. ``command``: the command line, saved in
@@ -321,16 +338,7 @@ def train(cfg: DictConfig, command: str | None = None) -> tuple[dict[str, float]
             import wandb
 
             wandb.finish()
-    print(f"\nTest metrics ({cfg.choices.experiment or cfg.model.name} on {cfg.data.name}):")
-    print(format_table(metrics, dm.group_names))
-    if any(k.startswith("unlearn/") for k in metrics):
-        print(
-            f"\nBefore / after unlearning ({int(metrics['unlearn/revoked_pairs'])} revoked pairs of "
-            f"{int(metrics['unlearn/revoking_users'])} users):"
-        )
-        print(format_comparison(metrics, int(cfg.unlearn.k)))
-        write_figures(run_dir)
-    print(f"Run folder: {run_dir}")
+    report_run(f"{cfg.choices.experiment or cfg.model.name} on {cfg.data.name}", metrics, cfg, run_dir, dm.group_names)
     return metrics, {"trainer": trainer, "model": model, "datamodule": dm, "run_dir": run_dir}
 
 

@@ -283,6 +283,15 @@ def test_node_keeps_only_its_own_users(tiny: list[str], tmp_path: Path) -> None:
     assert (data.share_start[::2] == -1).all()
 
 
+def test_relative_paths_are_made_absolute_for_the_apps(tiny: list[str], tmp_path: Path, monkeypatch) -> None:
+    from fedshare.flower.launch import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = absolute_paths(_cfg(tiny, tmp_path / "run", "data.root=data", "unlearn.requests.file=req.csv"))
+    assert cfg.data.root == str(tmp_path / "data") and cfg.unlearn.requests.file == str(tmp_path / "req.csv")
+    assert cfg.fed.nodes == 2 and cfg.choices.experiment == "fedshare"
+
+
 def test_compose_args_maps_nodes_and_defaults_to_learning() -> None:
     assert compose_args(["nodes=3", "data=ml-100k"]) == ["experiment=fedshare", "fed.nodes=3", "data=ml-100k"]
     assert compose_args(["experiment=fedshare_unlearn"]) == ["experiment=fedshare_unlearn"]

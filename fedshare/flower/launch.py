@@ -390,7 +390,9 @@ def log_to_wandb(cfg: DictConfig, run_dir: Path, metrics: dict[str, float]) -> N
 
     try:
         run = logger.experiment
-        history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else {}
+        history = (
+            json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else {}
+        )
         for entry in history.get("val", []):
             run.log({k: v for k, v in entry.items() if k != "round"}, step=int(entry["round"]))
         run.summary.update({**metrics, "flower/nodes": int(cfg.fed.nodes)})
@@ -400,6 +402,30 @@ def log_to_wandb(cfg: DictConfig, run_dir: Path, metrics: dict[str, float]) -> N
             log_wandb(run, metrics, int(cfg.unlearn.k))
     finally:
         wandb.finish()
+
+
+def absolute_paths(cfg: DictConfig) -> DictConfig:
+    """Relative ``data.root`` and ``unlearn.requests.file`` made absolute (from where the launcher
+    was started): the ServerApp and the nodes run in other folders."""
+    from omegaconf import OmegaConf
+
+    changes = {}
+    for key in ("data.root", "unlearn.requests.file"):
+        value = OmegaConf.select(cfg, key)
+        if value and not Path(str(value)).expanduser().is_absolute():
+            changes[key] = str(Path(str(value)).expanduser().absolute())
+    if not changes:
+        return cfg
+    out = OmegaConf.to_container(cfg)
+    for key, value in changes.items():
+        parent = out
+        *path, leaf = key.split(".")
+        for part in path:
+            parent = parent[part]
+        parent[leaf] = value
+    out = OmegaConf.create(out)
+    OmegaConf.set_readonly(out, True)
+    return out
 
 
 def compose_args(argv: list[str]) -> list[str]:
@@ -412,7 +438,7 @@ def compose_args(argv: list[str]) -> list[str]:
 
 def launch(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
     from fedshare.config import save
-    from fedshare.train import RunFolderError, format_table, run_dir_for
+    from fedshare.train import RunFolderError, report_run, run_dir_for
 
     if cfg.model.name != "fedshare":
         raise LaunchError(f"python -m fedshare.flower runs model=fedshare; got model={cfg.model.name}")
@@ -429,6 +455,7 @@ def launch(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
     if (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists():
         raise RunFolderError(f"{run_dir} already holds a run; pick another paths.output_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = absolute_paths(cfg)
     save(cfg, run_dir / "config.yaml")
     if command:
         (run_dir / "command.txt").write_text(command + "\n")
@@ -447,21 +474,9 @@ def launch(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
         )
     elif not cfg.flower.superlink:  # the nodes' rows are on this machine
         join_checkpoint(run_dir, cfg)
-    print(
-        f"\nTest metrics (fedshare on {cfg.data.name}, Flower, {int(cfg.fed.nodes)} SuperNodes, {seconds:.1f} s):"
-    )
-    print(format_table(metrics))
     log_to_wandb(cfg, run_dir, metrics)
-    if any(k.startswith("unlearn/") for k in metrics):
-        from fedshare.report import format_comparison, write_figures
-
-        print(
-            f"\nBefore / after unlearning ({int(metrics['unlearn/revoked_pairs'])} revoked pairs of "
-            f"{int(metrics['unlearn/revoking_users'])} users):"
-        )
-        print(format_comparison(metrics, int(cfg.unlearn.k)))
-        write_figures(run_dir)
-    print(f"Run folder: {run_dir}")
+    title = f"fedshare on {cfg.data.name}, Flower, {int(cfg.fed.nodes)} SuperNodes, {seconds:.1f} s"
+    report_run(title, metrics, cfg, run_dir)
     return metrics
 
 
