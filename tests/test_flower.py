@@ -527,3 +527,20 @@ def test_a_flower_run_is_logged_to_wandb_offline(tiny: list[str], tmp_path: Path
     blob = b"".join(p.read_bytes() for p in offline[0].glob("*.wandb"))
     for key in (b"test/recall@20", b"val/recall@20", b"unlearn/comparison", b"flower/nodes"):
         assert key in blob, key
+
+
+def test_flower_benchmark_prints_both_round_times(tiny: list[str], monkeypatch, capsys) -> None:
+    """The benchmark's plumbing, with the launch going through the in-memory grid (the real
+    launch is what the end-to-end tests run; the benchmark's figures come from real runs)."""
+    from fedshare import bench
+    from fedshare.flower import launch as launcher
+
+    def launch_in_memory(cfg, command=None):
+        return _serve(cfg, MemoryGrid(int(cfg.fed.nodes)))
+
+    monkeypatch.setattr(launcher, "launch", launch_in_memory)
+    assert bench.main(["flower", *tiny, "nodes=2", "bench.repeats=2"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["benchmark"] == "flower" and result["nodes"] == 2 and result["rounds"] == 2
+    assert result["flower_round_s"] > 0 and result["inprocess_round_s"] > 0
+    assert len(result["flower_round_all_s"]) == 2 and 0 < result["flower_test_recall@20"] <= 1

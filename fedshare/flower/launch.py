@@ -99,17 +99,17 @@ def _bin(name: str) -> str:
 def processes_with_home(home: Path) -> list[int]:
     """Pids of every process whose environment has ``FLWR_HOME=home``: everything this
     launcher started, and their children (they inherit it)."""
-    needle = f"FLWR_HOME={home}".encode()
+    import psutil
+
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
             continue
         try:
-            env = (entry / "environ").read_bytes()
-        except OSError:
+            if proc.environ().get("FLWR_HOME") == str(home):
+                found.append(proc.pid)
+        except (psutil.Error, OSError):  # gone, a zombie, or another user's
             continue
-        if needle in env.split(b"\0"):
-            found.append(int(entry.name))
     return found
 
 
