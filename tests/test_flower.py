@@ -544,3 +544,16 @@ def test_flower_benchmark_prints_both_round_times(tiny: list[str], monkeypatch, 
     assert result["benchmark"] == "flower" and result["nodes"] == 2 and result["rounds"] == 2
     assert result["flower_round_s"] > 0 and result["inprocess_round_s"] > 0
     assert len(result["flower_round_all_s"]) == 2 and 0 < result["flower_test_recall@20"] <= 1
+
+
+def test_a_busy_port_is_a_clear_error_before_anything_starts(tiny: list[str], tmp_path: Path) -> None:
+    import socket
+
+    from fedshare.flower.launch import FlowerLaunch, LaunchError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(LaunchError, match=f"port\\(s\\) \\[{port}\\] are in use"):
+            FlowerLaunch(_cfg(tiny, tmp_path / "run", f"flower.port={port}"), tmp_path / "run")

@@ -90,6 +90,15 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _bin(name: str) -> str:
     """Flower's console scripts next to this Python (the venv's), else on PATH."""
     here = Path(sys.executable).parent / name
@@ -129,6 +138,12 @@ class FlowerLaunch:
         else:
             base = int(cfg.flower.port)
             ports = free_ports(self.nodes + 1) if base == 0 else list(range(base, base + self.nodes + 1))
+            busy = [port for port in ports if not port_is_free(port)]
+            if busy:
+                raise LaunchError(
+                    f"flower.port={base}: 127.0.0.1 port(s) {busy} are in use (the SuperLink takes flower.port, "
+                    f"the SuperNodes the next {self.nodes}); pick other ports, or flower.port=0 for free ones"
+                )
             self.address, self.node_ports = f"127.0.0.1:{ports[0]}", ports[1:]
         for d in (self.home, self.tmp, self.logs, self.app):
             d.mkdir(parents=True, exist_ok=True)
