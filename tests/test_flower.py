@@ -435,7 +435,8 @@ def test_e2e_a_serverapp_failure_fails_the_launch(tiny: list[str], tmp_path: Pat
     assert not processes_with_home(out / "flower" / "home")
 
 
-def test_e2e_ctrl_c_stops_every_process_and_traffic_stays_local(tiny: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_e2e_ctrl_c_stops_every_process_and_traffic_stays_local(tiny: list[str], tmp_path: Path, sig) -> None:
     out = tmp_path / "flower"
     proc = _launch(_e2e_args(tiny, out, "fed.rounds=50"), tmp_path)
     for line in proc.stdout:
@@ -444,9 +445,9 @@ def test_e2e_ctrl_c_stops_every_process_and_traffic_stays_local(tiny: list[str],
     # mid-run: every socket of every process the launcher started is on 127.0.0.1
     sockets = _inet_sockets(processes_with_home(out / "flower" / "home"))
     assert sockets and all(_local_only(a) and _local_only(b) for a, b in sockets), sockets
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     text, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, text[-3000:]
+    assert proc.returncode == 128 + sig, text[-3000:]
     time.sleep(0.5)
     assert not processes_with_home(out / "flower" / "home")
 

@@ -75,6 +75,15 @@ class LaunchError(RuntimeError):
     """Flower could not be started, or the run did not complete."""
 
 
+class Stopped(BaseException):
+    """The launcher got SIGTERM or SIGHUP (a BaseException, as KeyboardInterrupt: it unwinds
+    through every ``except Exception``, and the launch's ``finally`` stops the processes)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` ports on 127.0.0.1 that are free now (the OS picks them)."""
     socks, ports = [], []
@@ -309,7 +318,21 @@ class FlowerLaunch:
 
     def stop(self) -> None:
         """SIGTERM to every process group started here, SIGKILL to what is left after 10 s, then
-        a sweep for any process that still has this run's FLWR_HOME."""
+        a sweep for any process that still has this run's FLWR_HOME. A second Ctrl-C (or kill)
+        meanwhile is ignored: the stop always finishes."""
+        held = {}
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            try:
+                held[sig] = signal.signal(sig, signal.SIG_IGN)
+            except ValueError:  # not the main thread: signals stay as they are
+                break
+        try:
+            self._stop()
+        finally:
+            for sig, handler in held.items():
+                signal.signal(sig, handler)
+
+    def _stop(self) -> None:
         for _, proc in reversed(self.procs):
             if proc.poll() is None:
                 try:
@@ -510,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    def stopped(signum: int, frame: Any) -> None:  # kill / a closed terminal: stop as Ctrl-C does
+        raise Stopped(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stopped)
     try:
         launch(cfg, shlex.join(["python", "-m", "fedshare.flower", *args]))
     except (LaunchError, RunFolderError, DatasetError) as err:
@@ -518,4 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: every Flower process was stopped", file=sys.stderr)
         return 130
+    except Stopped as stop:
+        print(f"stopped by {signal.Signals(stop.signum).name}: every Flower process was stopped", file=sys.stderr)
+        return 128 + stop.signum
     return 0
