@@ -136,15 +136,12 @@ class FedMFClients(nn.Module):
         return self.user_emb[users] @ item_table.T
 
     def generator_states(self) -> dict[str, Any]:
-        out = {"round": self.round_gens[0].get_state()}
-        out.update({f"round/{k}": g.get_state() for k, g in enumerate(self.round_gens) if k})
-        return out
+        return {round_purpose(k): g.get_state() for k, g in enumerate(self.round_gens)}
 
     def load_generator_states(self, states: dict[str, Any]) -> None:
         for k, gen in enumerate(self.round_gens):
-            key = "round" if k == 0 else f"round/{k}"
-            if key in states:
-                gen.set_state(states[key])
+            if round_purpose(k) in states:
+                gen.set_state(states[round_purpose(k)])
 
 
 class FedAvgServer(nn.Module):

@@ -98,7 +98,7 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
     """The whole run on ``grid``; returns (and writes) the run's metrics."""
-
+    from fedshare.config import to_yaml
     from fedshare.snapshots import SnapshotStore, snapshot_rounds
     from fedshare.train import new_model
     from fedshare.unlearn import snapshot_dir
@@ -107,8 +107,6 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
     rounds = int(cfg.fed.rounds)
     timeout = float(cfg.flower.round_timeout)
     node_ids = wait_for_nodes(grid, n, float(cfg.flower.start_timeout))
-    from fedshare.config import to_yaml
-
     setup = {i: setup_content(to_yaml(cfg)) for i in range(len(node_ids))}
     replies, failed = exchange(grid, "setup", setup, dict(enumerate(node_ids)), timeout, "setup")
     if failed:
@@ -129,11 +127,10 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
         raise FlowerRunError(f"no SuperNode hosts shard(s) {missing} of fed.nodes={n}")
 
     # the module is built from what the nodes report (the server never reads the dataset)
-    first = replies[min(replies)]
-    info = dict(first["info"])
+    info = dict(by_shard[0]["info"])
     module = new_model(cfg, int(info["n_users"]), int(info["n_items"]))
     strategy = FedShareStrategy(cfg, module)
-    strategy_info = strategy.absorb_setup(by_shard)
+    strategy.absorb_setup(by_shard)  # every node read the same data; the shares of round 1
     _say(f"[fedshare] {n} nodes set up: {info['n_users']} users x {info['n_items']} items; {rounds} rounds")
 
     methods = list(cfg.unlearn.methods or [])
@@ -143,13 +140,12 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
         snap_rounds = snapshot_rounds(_plain(cfg.unlearn.snapshots), rounds)
         if 0 in snap_rounds:
             store.save(0, module.snapshot_tensors())
-    val_split = "curve" if strategy_info["val_split"] == "test" else "valid"
+    val_split = "curve" if info["val_split"] == "test" else "valid"
     every = max(1, int(cfg.eval.every))
-    validate = (bool(strategy_info["has_valid"]) or val_split == "curve") and every <= rounds
+    validate = (bool(info["has_valid"]) or val_split == "curve") and every <= rounds
     history: list[dict[str, float]] = []
     live = list(range(n))
-    lost: dict[int, int] = {}
-    logs: dict[str, float] = {}
+    lost: dict[int, int] = {}  # shard -> the round it was lost (fed.rounds + 1: after training)
     round_s: list[float] = []
     (run_dir / "flower").mkdir(exist_ok=True)
 

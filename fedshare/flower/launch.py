@@ -380,6 +380,7 @@ def join_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
     from safetensors.torch import load_file
 
     from fedshare.atomic import replace_file
+    from fedshare.fedmf import round_purpose
 
     server = torch.load(run_dir / "checkpoints" / "server.ckpt", weights_only=False)
     hp = dict(server["hyper_parameters"])
@@ -395,7 +396,7 @@ def join_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
             raise LaunchError(f"{path} is missing: node {k} did not finish (its rows stay unknown)")
         t = load_file(str(path))
         user_emb[t["users"].long()] = t["user_emb"]
-        client_gens["round" if k == 0 else f"round/{k}"] = t["round_gen"]
+        client_gens[round_purpose(k)] = t["round_gen"]
     state["clients.user_emb"] = user_emb
     module.load_state_dict(state, strict=True)
     ckpt = {

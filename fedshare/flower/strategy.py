@@ -93,7 +93,7 @@ class FedShareStrategy:
         self._round: dict[str, Any] = {}
 
     # ---- setup -------------------------------------------------------------------------------
-    def absorb_setup(self, replies: dict[int, RecordDict]) -> dict[str, Any]:
+    def absorb_setup(self, replies: dict[int, RecordDict]) -> None:
         """The nodes' answers to setup: what they host, and the shares of round 1."""
         infos = {}
         for shard in sorted(replies):
@@ -109,7 +109,6 @@ class FedShareStrategy:
                         f"{min(infos)} has {first[key]!r}): every node must read the same dataset"
                     )
         self.metric = type(self.metric)(self.module.ks, list(first["group_names"]))
-        return first
 
     def _stash_shares(self, content: RecordDict) -> None:
         if "shares" in content:
