@@ -400,13 +400,13 @@ def test_e2e_two_supernodes_equal_the_in_process_run(tiny: list[str], tmp_path: 
 
 def test_e2e_a_killed_supernode_is_skipped(tiny: list[str], tmp_path: Path) -> None:
     out = tmp_path / "flower"
-    proc = _launch(_e2e_args(tiny, out, "fed.rounds=3", "eval.every=5", "flower.round_timeout=30"), tmp_path)
+    proc = _launch(_e2e_args(tiny, out, "fed.rounds=2", "eval.every=5", "flower.round_timeout=30"), tmp_path)
     home = out / "flower" / "home"
     lines = []
     killed = None
     for line in proc.stdout:
         lines.append(line)
-        if killed is None and "[fedshare] round 1/3" in line:
+        if killed is None and "[fedshare] round 1/2" in line:
             for pid in processes_with_home(home):
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
                 if b"flower-supernode" in cmd and b"shard=1 " in cmd:
@@ -435,12 +435,18 @@ def test_e2e_a_serverapp_failure_fails_the_launch(tiny: list[str], tmp_path: Pat
     assert not processes_with_home(out / "flower" / "home")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
-def test_e2e_ctrl_c_stops_every_process_and_traffic_stays_local(tiny: list[str], tmp_path: Path, sig) -> None:
+@pytest.mark.parametrize(
+    "sig, when",
+    [(signal.SIGINT, "[fedshare] round 1/50"), (signal.SIGTERM, "Successfully started run")],
+    ids=["ctrl-c-mid-round", "kill-while-setting-up"],
+)
+def test_e2e_ctrl_c_stops_every_process_and_traffic_stays_local(
+    tiny: list[str], tmp_path: Path, sig, when: str
+) -> None:
     out = tmp_path / "flower"
     proc = _launch(_e2e_args(tiny, out, "fed.rounds=50"), tmp_path)
     for line in proc.stdout:
-        if "[fedshare] round 1/50" in line:
+        if when in line:
             break
     # mid-run: every socket of every process the launcher started is on 127.0.0.1
     sockets = _inet_sockets(processes_with_home(out / "flower" / "home"))
