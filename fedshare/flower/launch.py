@@ -487,8 +487,9 @@ def launch(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
     if other:
         raise LaunchError(
             f"unlearn.methods={list(cfg.unlearn.methods)}: on Flower the server runs {', '.join(FLOWER_METHODS)} "
-            f"(the others retrain or replay clients); run {', '.join(other)} in-process on the joined checkpoint: "
-            "python -m fedshare.unlearn run_dir=RUN method=NAME"
+            "(the others retrain or replay clients). retrain and finetune: learn on Flower without them, then "
+            "run them in-process on the joined checkpoint (python -m fedshare.unlearn run_dir=RUN "
+            "'methods=[retrain]'); fedEraser and fru replay histories only an in-process run records"
         )
     run_dir = run_dir_for(cfg)
     if (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists():
