@@ -188,7 +188,7 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
             key = f"{prefix}/recall@{max(module.ks)}"
             line += f", {key} {values.get(key, float('nan')):.4f}"
         _say(line)
-        if r % int(cfg.checkpoint.every) == 0 or r == rounds:
+        if r % int(cfg.checkpoint.every) == 0 and r < rounds:  # the last round's: after the test, below
             save_server(run_dir, strategy, r, history)
         round_s.append(time.perf_counter() - t0)  # the whole round as the server waits for it
         _write_json(run_dir / "flower" / "rounds.json", {"round_s": round_s})

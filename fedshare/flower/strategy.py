@@ -87,9 +87,7 @@ class FedShareStrategy:
             [self.server.user0, self.server.item0], lr=module.hparams.server_graph_lr
         )
         self.pending: list[tuple[Tensor, Tensor]] = []  # shares entering at the next round
-        from fedshare.metrics import RankingMetrics  # the server's (the nodes use fedshare.ranking)
-
-        self.metric = RankingMetrics(module.ks, None)
+        self.metric: Any = None  # RankingMetrics over the sharing groups the nodes report (absorb_setup)
         self._round: dict[str, Any] = {}
 
     # ---- setup -------------------------------------------------------------------------------
@@ -108,7 +106,9 @@ class FedShareStrategy:
                         f"node of shard {shard} loaded other data ({key}={info[key]!r}, shard "
                         f"{min(infos)} has {first[key]!r}): every node must read the same dataset"
                     )
-        self.metric = type(self.metric)(self.module.ks, list(first["group_names"]))
+        from fedshare.metrics import RankingMetrics  # the server's (the nodes use fedshare.ranking)
+
+        self.metric = RankingMetrics(self.module.ks, list(first["group_names"]))
 
     def _stash_shares(self, content: RecordDict) -> None:
         if "shares" in content:
