@@ -23,9 +23,9 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from fedshare.datasets import locate_files
-from fedshare.interactions import InteractionData, UserCSR
-from fedshare.sharing import partition, ratio_histogram, sharing_summary
+from fedshare.data.datasets import locate_files
+from fedshare.data.interactions import InteractionData, UserCSR
+from fedshare.data.sharing import partition, ratio_histogram, sharing_summary
 
 log = logging.getLogger(__name__)
 

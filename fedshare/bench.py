@@ -34,15 +34,21 @@ import torch
 
 from datamodules import FederatedDataModule
 from fedshare.config import ConfigError, compose
-from fedshare.federation import client_round, client_round_reference, cohort_data, fedavg_rows, plan_round
-from fedshare.readers import DatasetError
-from fedshare.runtime import peak_rss_mb, tune_allocator
+from fedshare.data.readers import DatasetError
+from fedshare.federated.rounds import (
+    client_round,
+    client_round_reference,
+    cohort_data,
+    fedavg_rows,
+    plan_round,
+)
+from fedshare.run.runtime import peak_rss_mb, tune_allocator
 
 log = logging.getLogger("fedshare.bench")
 
 
 def bench_round(cfg, repeats: int = 5, reference: bool = True) -> dict[str, Any]:
-    from fedshare.train import build_model  # the model exactly as a training run builds it
+    from fedshare.run.build import build_model  # the model exactly as a training run builds it
 
     if cfg.model.name == "fedshare":
         return bench_fedshare_round(cfg, repeats)
@@ -105,7 +111,7 @@ def bench_round(cfg, repeats: int = 5, reference: bool = True) -> dict[str, Any]
 
 
 def _setup(cfg):
-    from fedshare.train import build_model  # the model exactly as a training run builds it
+    from fedshare.run.build import build_model  # the model exactly as a training run builds it
 
     dm = FederatedDataModule(cfg)
     dm.prepare_data()
@@ -191,7 +197,7 @@ def _report(result: dict[str, Any]) -> str:
 
 def bench_propagate(cfg, repeats: int = 5, reference: bool = True) -> dict[str, Any]:
     """LightGCN propagation (3 layers, d=64) on a random graph of Gowalla's size: DGL vs torch.sparse."""
-    from fedshare.graph import bench_propagate as run
+    from fedshare.graph.shared_graph import bench_propagate as run
 
     return {"benchmark": "propagate", "dataset": "random, Gowalla-sized", **run(repeats=repeats)}
 

@@ -209,9 +209,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.fed.rounds < 0:
         raise ConfigError(f"'fed.rounds' must be >= 0, got {cfg.fed.rounds}")
     # the data and sharing modules own their rules; ask them now, before any work
-    from fedshare.datasets import check_config as check_data
-    from fedshare.sharing import validate_config as check_sharing
-    from fedshare.unlearn import check_config as check_unlearn
+    from fedshare.data.datasets import check_config as check_data
+    from fedshare.data.sharing import validate_config as check_sharing
+    from fedshare.unlearning.phase import check_config as check_unlearn
 
     try:
         check_data(cfg.data)

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
-from fedshare.fedmf import FedAvgServer, FedMFClients
+from fedshare.federated.fedmf import FedAvgServer, FedMFClients
 from fedshare.seeding import torch_generator
 from lightning_modules.ranking import RankingModule
 

@@ -17,37 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fedshare.fedshare_model import GraphServer, make_clients
+from fedshare.federated.fedshare import GraphServer, make_clients, round_logs
 from fedshare.seeding import torch_generator
 from lightning_modules.fedmf import FedMFModule
 from lightning_modules.ranking import RankingModule
-
-
-def round_logs(
-    module: FedShareModule,
-    sums: dict[str, Any],
-    cohort: Tensor,
-    views: Any,
-    server_losses: dict[str, float],
-    client_s: float,
-    server_s: float,
-) -> dict[str, float]:
-    """A round's logged values, from the clients' loss sums (`FedShareClients.fit_sums`, summed
-    over nodes on a deployment) and the server's step: the same keys in-process and on Flower."""
-    bpr = float(sums["bpr_sum"]) / max(1, int(sums["bpr_steps"]))
-    cl = float(sums["cl_sum"]) / max(1, int(sums["cl_steps"]))
-    return {
-        "train/bpr": bpr,
-        "train/cl": cl,
-        "train/loss": bpr + module.clients.lambda_cl * cl,
-        "train/cohort": float(cohort.numel()),
-        "train/sharing_cohort": float(views.n_sharing if views is not None else 0),
-        "graph/edges": float(module.server.graph.n_edges),
-        "time/client_s": client_s,
-        "time/server_s": server_s,
-        "time/round_s": client_s + server_s,
-        **{f"server/{k}": v for k, v in server_losses.items()},
-    }
 
 
 class FedShareModule(FedMFModule):

@@ -1,4 +1,4 @@
-"""What the unlearning baselines record while FedShare learns (fedshare/baselines.py).
+"""What the unlearning baselines record while FedShare learns (fedshare/unlearning/baselines.py).
 
 - `FedEraserRecorder`: at round 1 and every ``every`` rounds, the cohort's item-row updates,
   the server's graph-table update and ``Q`` after aggregation: one file per stored round.
@@ -20,7 +20,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 from torch import Tensor
 
-from fedshare.baselines import (
+from fedshare.federated.rounds import fedavg_rows
+from fedshare.unlearning.baselines import (
     ERASER_EVERY,
     FRU_ALPHA,
     HistoryStore,
@@ -30,7 +31,6 @@ from fedshare.baselines import (
     server_tables,
     top_rows,
 )
-from fedshare.federation import fedavg_rows
 
 
 class _RoundRecorder(pl.Callback):

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fedshare.graph import SharedGraph
-from fedshare.lightgcn import EdgeSampler, bpr_loss
+from fedshare.graph.lightgcn import EdgeSampler, bpr_loss
+from fedshare.graph.shared_graph import SharedGraph
 from fedshare.seeding import torch_generator
 from lightning_modules.ranking import RankingModule
 

@@ -8,8 +8,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from fedshare.interactions import UserCSR
-from fedshare.metrics import RankingMetrics, update_ranking
+from fedshare.data.interactions import UserCSR
+from fedshare.eval.metrics import RankingMetrics, update_ranking
 
 
 def _csr_buffers(module: pl.LightningModule, name: str, csr: UserCSR) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import pytorch_lightning as pl
 
-from fedshare.snapshots import SnapshotStore
+from fedshare.unlearning.snapshots import SnapshotStore
 
 
 class SnapshotCallback(pl.Callback):

@@ -12,7 +12,20 @@ import pytorch_lightning as pl
 import torch
 
 from datamodules import FederatedDataModule
-from fedshare.baselines import (
+from fedshare.config import compose
+from fedshare.federated.fedmf import FedMFClients
+from fedshare.federated.fedshare import FedShareClients, GraphServer
+from fedshare.federated.rounds import (
+    CohortData,
+    RoundPlan,
+    client_round,
+    client_round_reference,
+    cohort_data,
+    fedavg_rows,
+    plan_round,
+)
+from fedshare.run.build import build_model
+from fedshare.unlearning.baselines import (
     ClientUpdates,
     HistoryStore,
     RoundChanges,
@@ -22,21 +35,8 @@ from fedshare.baselines import (
     server_tables,
     top_rows,
 )
-from fedshare.config import compose
-from fedshare.federation import (
-    CohortData,
-    RoundPlan,
-    client_round,
-    client_round_reference,
-    cohort_data,
-    fedavg_rows,
-    plan_round,
-)
-from fedshare.fedmf import FedMFClients
-from fedshare.fedshare_model import FedShareClients, GraphServer
-from fedshare.snapshots import SnapshotStore, snapshot_rounds
-from fedshare.train import build_model
-from fedshare.unlearning import UnlearnContext, folder_bytes, judge, retrain
+from fedshare.unlearning.methods import UnlearnContext, folder_bytes, judge, retrain
+from fedshare.unlearning.snapshots import SnapshotStore, snapshot_rounds
 from lightning_modules.history import FedEraserRecorder, FRURecorder
 from lightning_modules.snapshots import SnapshotCallback
 from tests.conftest import TINY
@@ -353,7 +353,7 @@ def test_fed_eraser_unlearns_with_fewer_rounds_than_retrain(run, monkeypatch: py
 
 
 def test_fed_eraser_calibrates_to_the_stored_norms(run, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fedshare import baselines
+    from fedshare.unlearning import baselines
 
     seen = []
     calibrate = baselines.calibrate

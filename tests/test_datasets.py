@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from fedshare.datasets import (
+from fedshare.data.datasets import (
     DatasetError,
     dataset_dir,
     generate_synthetic,
@@ -25,7 +25,7 @@ from fedshare.datasets import (
     locate_files,
     split_by_ratio,
 )
-from fedshare.interactions import InteractionData, Split
+from fedshare.data.interactions import InteractionData, Split
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "data"
 

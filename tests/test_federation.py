@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedshare.federation import (
+from fedshare.data.interactions import Split, to_csr
+from fedshare.federated.losses import bpr_grads
+from fedshare.federated.rounds import (
     CohortData,
     RoundPlan,
     Upload,
@@ -19,8 +21,6 @@ from fedshare.federation import (
     sample_negatives,
     shuffle_within_clients,
 )
-from fedshare.interactions import Split, to_csr
-from fedshare.losses import bpr_grads
 
 
 def _population(n_users: int = 40, n_items: int = 90, n: int = 1500, seed: int = 0):

@@ -14,10 +14,11 @@ import torch
 
 from fedshare import train as train_mod
 from fedshare.config import compose
-from fedshare.federation import client_round, client_round_reference, cohort_data, plan_round
-from fedshare.fedshare_model import FedShareClients, ViewMessage
-from fedshare.privacy import unshared_pairs
+from fedshare.federated.fedshare import FedShareClients, ViewMessage
+from fedshare.federated.rounds import client_round, client_round_reference, cohort_data, plan_round
+from fedshare.run.folder import RunFolderError
 from fedshare.seeding import torch_generator
+from tests.helpers.privacy import unshared_pairs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -152,18 +153,18 @@ def test_kill_and_resume_gives_the_uninterrupted_result(tiny: list[str], tmp_pat
 
 def test_resume_refuses_a_changed_config_or_a_finished_run(tiny: list[str], tmp_path: Path) -> None:
     common = [*tiny, "fed.rounds=2", "logger=none", f"paths.output_dir={tmp_path}"]
-    with pytest.raises(train_mod.RunFolderError, match="missing"):
+    with pytest.raises(RunFolderError, match="missing"):
         train_mod.train(compose([*common, "resume=true"]))
     train_mod.train(compose(common))
-    with pytest.raises(train_mod.RunFolderError, match="finished"):
+    with pytest.raises(RunFolderError, match="finished"):
         train_mod.train(compose([*common, "resume=true"]))
     (tmp_path / "metrics.json").unlink()
-    with pytest.raises(train_mod.RunFolderError, match="model.lambda_cl"):
+    with pytest.raises(RunFolderError, match="model.lambda_cl"):
         train_mod.train(compose([*common, "resume=true", "model.lambda_cl=0.5"]))
 
 
 def _server(**kw):
-    from fedshare.fedshare_model import GraphServer
+    from fedshare.federated.fedshare import GraphServer
 
     args = dict(
         layers=2,

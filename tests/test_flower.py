@@ -21,13 +21,14 @@ import torch
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 
 from fedshare.config import compose, save
-from fedshare.federation import Upload
+from fedshare.federated.rounds import Upload
 from fedshare.flower import apps
 from fedshare.flower.launch import compose_args, processes_with_home
 from fedshare.flower.node import Node, NodeConfigError, node_data
 from fedshare.flower.payload import to_record, upload_from, upload_record
 from fedshare.flower.strategy import FedShareStrategy, ReplyError, check_reply
-from fedshare.train import new_model, train
+from fedshare.run.build import new_model
+from fedshare.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -276,7 +277,7 @@ def test_node_keeps_only_its_own_users(tiny: list[str], tmp_path: Path) -> None:
     cfg = _cfg(tiny, tmp_path / "run")
     dm = FederatedDataModule(cfg)
     dm.setup()
-    data = node_data(dm, 1, 2)  # a data module, or a fedshare.sharing.Partition
+    data = node_data(dm, 1, 2)  # a data module, or a fedshare.data.sharing.Partition
     for name in ("train", "valid", "test", "shared"):
         users = getattr(data, name).users
         assert len(users) and (users % 2 == 1).all()
@@ -515,7 +516,7 @@ def test_unlearning_on_the_nodes_equals_the_in_process_phase(tiny: list[str], tm
 
 
 def _revoked(run_dir: Path) -> list[tuple[int, int]]:
-    from fedshare.unlearn import device_record
+    from fedshare.unlearning.phase import device_record
 
     lines = device_record(run_dir).read_text().splitlines()[1:]
     return [tuple(int(x) for x in line.split(",")) for line in lines]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedshare.dgl_compat import import_dgl
-from fedshare.graph import SharedGraph, propagate_reference, random_edges
+from fedshare.graph.dgl_compat import import_dgl
+from fedshare.graph.shared_graph import SharedGraph, propagate_reference, random_edges
 
 N_USERS, N_ITEMS, DIM = 13, 17, 4
 
@@ -93,7 +93,7 @@ def test_import_dgl_leaves_home_alone(_isolated_home: Path):
     # first import writes ~/.dgl/config.json; DGLBACKEND is unset there on purpose.
     env = {k: v for k, v in os.environ.items() if k != "DGLBACKEND"}
     code = (
-        "from fedshare.dgl_compat import import_dgl; import torch; dgl = import_dgl(); "
+        "from fedshare.graph.dgl_compat import import_dgl; import torch; dgl = import_dgl(); "
         "g = dgl.graph((torch.tensor([0]), torch.tensor([1]))); g.ndata['h'] = torch.ones(2, 1); "
         "g.update_all(dgl.function.copy_u('h', 'm'), dgl.function.sum('m', 'h')); "
         "assert g.ndata['h'].reshape(-1).tolist() == [0.0, 1.0]"

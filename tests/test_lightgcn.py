@@ -8,8 +8,8 @@ import torch
 
 from fedshare import train as train_mod
 from fedshare.config import compose
-from fedshare.graph import SharedGraph
-from fedshare.lightgcn import EdgeSampler, bpr_loss
+from fedshare.graph.lightgcn import EdgeSampler, bpr_loss
+from fedshare.graph.shared_graph import SharedGraph
 
 
 def _graph() -> SharedGraph:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchmetrics.retrieval import RetrievalNormalizedDCG, RetrievalRecall
 
-from fedshare.metrics import RankingMetrics, mask_history, ranking_metrics, topk_hits
+from fedshare.eval.metrics import RankingMetrics, mask_history, ranking_metrics, topk_hits
 
 L2, L3, L4, L5 = math.log2(2), math.log2(3), math.log2(4), math.log2(5)
 

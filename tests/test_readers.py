@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedshare.readers import (
+from fedshare.data.readers import (
     DatasetError,
     read_csv,
     read_file,
@@ -164,7 +164,7 @@ def test_empty_file(tmp_path: Path) -> None:
 
 
 def test_fast_and_line_scan_parsers_agree(tmp_path: Path) -> None:
-    from fedshare import readers
+    from fedshare.data import readers
 
     rng = np.random.default_rng(0)
     lines = [" ".join(map(str, [u, *rng.integers(0, 50, size=rng.integers(0, 6))])) for u in range(40)]

@@ -14,7 +14,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from fedshare import report
+from fedshare import report as report_cli
+from fedshare.reporting import unlearning_page as report
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "unlearning_report.ipynb"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -324,7 +325,7 @@ def test_results_page(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     passing = make_page_run(tmp_path / "runs" / "ml-100k" / "seed1", PASSING, "ml-100k", 1, command=None)
     out = tmp_path / "docs" / "UNLEARNING.md"
     argv = [str(failing), str(passing), "--out", str(out)]
-    assert report.main(argv) == 0
+    assert report_cli.main(argv) == 0
     assert str(out) in capsys.readouterr().out
     page = out.read_text()
     assert [p.name for p in out.parent.iterdir()] == ["UNLEARNING.md"]  # no temp file left
@@ -401,16 +402,16 @@ def test_results_page_png_links_follow_the_out_folder(
 ) -> None:
     make_page_run(tmp_path / "runs" / "a", pngs=True)
     monkeypatch.chdir(tmp_path)
-    assert report.main(["runs/a", "--out", "UNLEARNING.md"]) == 0
+    assert report_cli.main(["runs/a", "--out", "UNLEARNING.md"]) == 0
     page = (tmp_path / "UNLEARNING.md").read_text()
     assert "`python -m fedshare.report runs/a --out UNLEARNING.md`" in page  # paths as given
     assert "Run folder: `runs/a`" in page
     assert "(runs/a/unlearning_before_after.png)" in page
-    assert report.main(["runs/a", "--out", "docs/deep/UNLEARNING.md"]) == 0
+    assert report_cli.main(["runs/a", "--out", "docs/deep/UNLEARNING.md"]) == 0
     assert "(../../runs/a/unlearning_storage.png)" in (tmp_path / "docs/deep/UNLEARNING.md").read_text()
     # a path with a space is kept whole in the link
     make_page_run(tmp_path / "my runs" / "b", pngs=True)
-    assert report.main(["my runs/b", "--out", "docs/UNLEARNING.md"]) == 0
+    assert report_cli.main(["my runs/b", "--out", "docs/UNLEARNING.md"]) == 0
     assert "(<../my runs/b/unlearning_storage.png>)" in (tmp_path / "docs/UNLEARNING.md").read_text()
 
 
@@ -454,7 +455,7 @@ def test_results_page_without_retrain_or_config(tmp_path: Path) -> None:
     run = make_page_run(tmp_path / "run", {"contrastive": AFTER["contrastive"], "fru": AFTER["fru"]})
     (run / "config.yaml").unlink()
     out = tmp_path / "page.md"
-    assert report.main([str(run), "--out", str(out)]) == 0
+    assert report_cli.main([str(run), "--out", str(out)]) == 0
     page = out.read_text()
     assert "## unknown data, seed not recorded" in page
     assert "(no readable config.yaml)" in page
@@ -469,7 +470,7 @@ def test_results_page_bad_folder_writes_nothing(tmp_path: Path, capsys: pytest.C
     empty.mkdir()
     plain = make_run(tmp_path / "plain", LEARN | {"test/recall@20": 0.2})
     out = tmp_path / "docs" / "UNLEARNING.md"
-    assert report.main([str(good), str(empty), str(plain), "--out", str(out)]) == 2
+    assert report_cli.main([str(good), str(empty), str(plain), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"run folder {empty}: {empty / 'metrics.json'}: no such file" in err
     assert f"run folder {plain}: {plain / 'metrics.json'}: no unlearn/<method>/... keys" in err
@@ -479,7 +480,7 @@ def test_results_page_bad_folder_writes_nothing(tmp_path: Path, capsys: pytest.C
     # an existing page is left as it was
     out.parent.mkdir()
     out.write_text("old page\n")
-    assert report.main([str(empty), str(good), "--out", str(out)]) == 2
+    assert report_cli.main([str(empty), str(good), "--out", str(out)]) == 2
     assert out.read_text() == "old page\n" and [p.name for p in out.parent.iterdir()] == ["UNLEARNING.md"]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedshare.requests import (
+from fedshare.unlearning.requests import (
     RequestError,
     RequestLedger,
     UnshareRequest,
@@ -271,7 +271,7 @@ def test_ledger_applied_and_pending(tmp_path: Path) -> None:
 
 
 def test_ledger_appends_are_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fedshare.requests as mod
+    import fedshare.unlearning.requests as mod
 
     synced: list[int] = []
     real = mod.os.fsync

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fedshare import results
-from fedshare.sharing import GROUP_NAMES
+from fedshare import results as results_cli
+from fedshare.data.sharing import GROUP_NAMES
+from fedshare.reporting import results_page as results
 from tests.conftest import TINY
 
 # offset of each sharing group's Recall@20 from the run's overall Recall@20, so the column order shows
@@ -74,7 +75,7 @@ def test_page_from_finished_runs(finished: Path, tmp_path: Path) -> None:
         "--data-root",
         "/data/datasets",
     ]
-    assert results.main(args) == 0
+    assert results_cli.main(args) == 0
     page = out.read_text()
 
     main = _table(page, "## ml-100k")
@@ -120,13 +121,13 @@ def test_page_from_finished_runs(finished: Path, tmp_path: Path) -> None:
 
 
 def test_unknown_method_or_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert results.main(["--methods", "FedMF,FedMFF", "--dry-run"]) == 2
+    assert results_cli.main(["--methods", "FedMF,FedMFF", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "'FedMFF'" in err and all(label in err for label, _ in results.METHODS)
-    assert results.main(["--datasets", "ml-10k", "--dry-run"]) == 2
+    assert results_cli.main(["--datasets", "ml-10k", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "'ml-10k'" in err and "ml-100k" in err and "synthetic" in err
-    assert results.main(["--seeds", "0,one"]) == 2
+    assert results_cli.main(["--seeds", "0,one"]) == 2
 
 
 def test_a_config_error_stops_before_any_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -141,7 +142,7 @@ def test_a_config_error_stops_before_any_run(tmp_path: Path, capsys: pytest.Capt
         "--out",
         str(out),
     ]
-    assert results.main([*args, "--", "model.dim=notanumber"]) == 2
+    assert results_cli.main([*args, "--", "model.dim=notanumber"]) == 2
     err = capsys.readouterr().err
     assert "model.dim" in err and "nothing was run" in err
     assert not root.exists() and not out.exists()
@@ -152,7 +153,7 @@ def test_a_finished_run_of_another_command_is_not_used(finished: Path, tmp_path:
     (finished / "ml-100k" / "fedmf" / "seed0.run.json").write_text(json.dumps(record))
     out = tmp_path / "RESULTS.md"
     args = ["--datasets", "ml-100k", "--runs-root", str(finished), "--out", str(out), "--collect-only"]
-    assert results.main(args) == 2
+    assert results_cli.main(args) == 2
     err = capsys.readouterr().err
     assert "ml-100k FedMF seed 0" in err and "fed.rounds=2" in err and "--runs-root" in err
     assert not out.exists()
@@ -162,7 +163,7 @@ def test_dry_run_prints_commands_and_runs_nothing(tmp_path: Path, capsys: pytest
     root, out = tmp_path / "runs", tmp_path / "RESULTS.md"
     methods = [("popularity", ["experiment=popularity"]), ("MF d=8", ["experiment=fedmf", "model.dim=8"])]
     args = ["--datasets", "synthetic", "--seeds", "3,4", "--methods", "MF d=8", "--runs-root", str(root)]
-    assert results.main([*args, "--out", str(out), "--dry-run", "--", "fed.rounds=7"], methods=methods) == 0
+    assert results_cli.main([*args, "--out", str(out), "--dry-run", "--", "fed.rounds=7"], methods=methods) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     assert lines[1] == (
@@ -198,7 +199,7 @@ def test_a_failed_run_is_reported_and_the_others_go_on(
         "--runs-root",
         str(root),
     ]
-    assert results.main([*args, "--out", str(out)]) == 1
+    assert results_cli.main([*args, "--out", str(out)]) == 1
     captured = capsys.readouterr()
     assert "[1/2] synthetic popularity seed 0 ... FAILED (exit 2 after 0.1 s)" in captured.out
     assert "    data error: no u.data" in captured.out
@@ -223,7 +224,7 @@ def test_campaign_end_to_end_reuses_and_resumes(tmp_path: Path, capsys: pytest.C
         str(root),
     ]
     args += ["--out", str(out), "--", *TINY, "fed.rounds=2"]
-    assert results.main(args) == 0
+    assert results_cli.main(args) == 0
     first = capsys.readouterr().out
     assert "[4/4] synthetic FedMF seed 1 ... " in first
 
@@ -247,7 +248,7 @@ def test_campaign_end_to_end_reuses_and_resumes(tmp_path: Path, capsys: pytest.C
     killed = root / "synthetic" / "fedmf" / "seed1"
     (killed / "metrics.json").unlink()
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.suffix in (".json", ".log")}
-    assert results.main(args) == 0
+    assert results_cli.main(args) == 0
     second = capsys.readouterr().out
     assert second.count("... reused (") == 3 and "(1 trained, 3 reused)" in second
     assert (
@@ -272,7 +273,7 @@ def test_a_real_failed_run_shows_its_log(tmp_path: Path, capsys: pytest.CaptureF
     root, out = tmp_path / "runs", tmp_path / "RESULTS.md"
     args = ["--datasets", "ml-100k", "--seeds", "0", "--methods", "popularity", "--data-root", str(empty)]
     args += ["--runs-root", str(root), "--out", str(out), "--", "data.download.url=null"]
-    assert results.main(args) == 1
+    assert results_cli.main(args) == 1
     captured = capsys.readouterr()
     assert "[1/1] ml-100k popularity seed 0 ... FAILED (exit 2 after" in captured.out
     assert "data error" in captured.out and "u.data" in captured.out  # the tail of the run's log

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from fedshare.interactions import Split, UserCSR, to_csr
-from fedshare.sharing import (
+from fedshare.data.interactions import Split, UserCSR, to_csr
+from fedshare.data.sharing import (
     draw_ratios,
     ratio_histogram,
     realised_ratios,
@@ -223,7 +223,7 @@ def test_ratio_histogram():
 
 
 def test_start_rounds_late_sharers_only_among_sharers() -> None:
-    from fedshare.sharing import NEVER, draw_start_rounds
+    from fedshare.data.sharing import NEVER, draw_start_rounds
 
     users = np.repeat(np.arange(10), 3)
     mask = np.zeros(30, dtype=bool)
@@ -239,6 +239,6 @@ def test_start_rounds_late_sharers_only_among_sharers() -> None:
 @pytest.mark.parametrize("late", [[5, 2], [0, 3], [1], "soon", [1.5, 2]])
 def test_bad_late_rounds_are_named(late) -> None:
     with pytest.raises(ValueError, match="sharing.late_rounds"):
-        from fedshare.sharing import validate_config
+        from fedshare.data.sharing import validate_config
 
         validate_config({"policy": "fixed", "ratio": 0.5, "late_rounds": late})

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from fedshare.snapshots import SnapshotError, SnapshotStore, snapshot_rounds
+from fedshare.unlearning.snapshots import SnapshotError, SnapshotStore, snapshot_rounds
 from lightning_modules.snapshots import SnapshotCallback
 
 # -- snapshot_rounds ---------------------------------------------------------------------
@@ -210,7 +210,7 @@ def test_total_bytes_and_no_temp_files(store: SnapshotStore) -> None:
 
 
 def test_failed_write_leaves_old_snapshot(store: SnapshotStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fedshare.snapshots as snapshots
+    import fedshare.unlearning.snapshots as snapshots
 
     def crash(tensors: dict, path: str) -> None:
         Path(path).write_bytes(b"half")

@@ -12,7 +12,8 @@ import yaml
 
 from fedshare import train as train_mod
 from fedshare.config import available, compose
-from fedshare.privacy import unshared_pairs
+from fedshare.run import inprocess
+from tests.helpers.privacy import unshared_pairs
 
 
 @pytest.mark.parametrize("experiment", [None, *available("experiment")])
@@ -138,8 +139,8 @@ def test_interrupted_run_reports_no_metrics(
             if trainer.current_epoch == 1:
                 raise KeyboardInterrupt
 
-    original = train_mod.RoundProgressBar
-    train_mod.RoundProgressBar = CtrlC  # the progress-bar slot is the one extra callback
+    original = inprocess.RoundProgressBar
+    inprocess.RoundProgressBar = CtrlC  # the progress-bar slot is the one extra callback
     try:
         code = train_mod.main(
             [
@@ -151,7 +152,7 @@ def test_interrupted_run_reports_no_metrics(
             ]
         )
     finally:
-        train_mod.RoundProgressBar = original
+        inprocess.RoundProgressBar = original
     assert code == 130
     assert "stopped by the user" in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.json").exists()

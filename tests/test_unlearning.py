@@ -20,9 +20,10 @@ from safetensors.torch import load_file
 from fedshare import train as train_mod
 from fedshare import unlearn as unlearn_mod
 from fedshare.config import ConfigError, compose
-from fedshare.graph import SharedGraph
-from fedshare.requests import read_requests_csv
-from fedshare.unlearning import auc, forget_hits
+from fedshare.graph.shared_graph import SharedGraph
+from fedshare.unlearning.methods import auc, forget_hits
+from fedshare.unlearning.phase import ENV_KILL_AT_REQUEST
+from fedshare.unlearning.requests import read_requests_csv
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,7 +285,7 @@ def test_requests_from_a_file_then_a_repeat_is_a_no_op(run: Path, tmp_path: Path
 def test_a_crash_between_requests_resumes_with_each_applied_once(tmp_path: Path) -> None:
     folder = tmp_path / "run"
     args = [*BASE, "unlearn.methods=[contrastive,delete_only]", "unlearn.requests.user_fraction=0.3"]
-    env = {**os.environ, "DGLBACKEND": "pytorch", unlearn_mod.ENV_KILL_AT_REQUEST: "3", "HOME": str(tmp_path)}
+    env = {**os.environ, "DGLBACKEND": "pytorch", ENV_KILL_AT_REQUEST: "3", "HOME": str(tmp_path)}
     cmd = [sys.executable, "-m", "fedshare.train", *args, f"paths.output_dir={folder}"]
     killed = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -293,7 +294,7 @@ def test_a_crash_between_requests_resumes_with_each_applied_once(tmp_path: Path)
     assert len(requests) >= 3
     assert sorted(e["id"] for e in lines if e["kind"] == "applied") == [0, 1]  # killed before the third
 
-    env.pop(unlearn_mod.ENV_KILL_AT_REQUEST)
+    env.pop(ENV_KILL_AT_REQUEST)
     done = subprocess.run(
         [sys.executable, "-m", "fedshare.unlearn", f"run_dir={folder}"],
         env=env,

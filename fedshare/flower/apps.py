@@ -99,9 +99,9 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
     """The whole run on ``grid``; returns (and writes) the run's metrics."""
     from fedshare.config import to_yaml
-    from fedshare.snapshots import SnapshotStore, snapshot_rounds
-    from fedshare.train import new_model
-    from fedshare.unlearn import snapshot_dir
+    from fedshare.run.build import new_model
+    from fedshare.unlearning.phase import snapshot_dir
+    from fedshare.unlearning.snapshots import SnapshotStore, snapshot_rounds
 
     n = int(cfg.fed.nodes)
     rounds = int(cfg.fed.rounds)
@@ -218,8 +218,8 @@ def unlearn_on_nodes(
 
     import torch
 
-    from fedshare.unlearn import unlearn_phase
-    from fedshare.unlearning import auc, forget_hits
+    from fedshare.unlearning.methods import auc, forget_hits
+    from fedshare.unlearning.phase import unlearn_phase
 
     module = strategy.module
     graph = module.server.graph

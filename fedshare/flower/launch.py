@@ -380,12 +380,12 @@ def join_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
     from safetensors.torch import load_file
 
     from fedshare.atomic import replace_file
-    from fedshare.fedmf import round_purpose
+    from fedshare.federated.fedmf import round_purpose
 
     server = torch.load(run_dir / "checkpoints" / "server.ckpt", weights_only=False)
     hp = dict(server["hyper_parameters"])
     state = {f"server.{k}": v for k, v in server["server"].items()}
-    from fedshare.train import new_model
+    from fedshare.run.build import new_model
 
     module = new_model(cfg, hp["n_users"], hp["n_items"])
     user_emb = module.clients.user_emb.clone()
@@ -420,7 +420,7 @@ def join_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
 def log_to_wandb(cfg: DictConfig, run_dir: Path, metrics: dict[str, float]) -> None:
     """The finished run into W&B (``logger``; offline by default, files in the run folder), as
     ``python -m fedshare.train`` logs it: every validation, the summary, the unlearning table."""
-    from fedshare.train import build_logger
+    from fedshare.run.logger import build_logger
 
     logger = build_logger(cfg, run_dir)
     if logger is None:
@@ -436,7 +436,7 @@ def log_to_wandb(cfg: DictConfig, run_dir: Path, metrics: dict[str, float]) -> N
             run.log({k: v for k, v in entry.items() if k != "round"}, step=int(entry["round"]))
         run.summary.update({**metrics, "flower/nodes": int(cfg.fed.nodes)})
         if any(k.startswith("unlearn/") for k in metrics):
-            from fedshare.report import log_wandb
+            from fedshare.reporting.unlearning_page import log_wandb
 
             log_wandb(run, metrics, int(cfg.unlearn.k))
     finally:
@@ -477,7 +477,8 @@ def compose_args(argv: list[str]) -> list[str]:
 
 def launch(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
     from fedshare.config import save
-    from fedshare.train import RunFolderError, report_run, run_dir_for
+    from fedshare.reporting.tables import report_run
+    from fedshare.run.folder import RunFolderError, run_dir_for
 
     if cfg.model.name != "fedshare":
         raise LaunchError(f"python -m fedshare.flower runs model=fedshare; got model={cfg.model.name}")
@@ -522,8 +523,8 @@ def launch(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     from fedshare.config import ConfigError, compose
-    from fedshare.readers import DatasetError
-    from fedshare.train import RunFolderError
+    from fedshare.data.readers import DatasetError
+    from fedshare.run.folder import RunFolderError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = sys.argv[1:] if argv is None else argv

@@ -25,10 +25,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from omegaconf import DictConfig, OmegaConf
 
-from fedshare.fedmf import shard_of
+from fedshare.data.interactions import UserCSR
+from fedshare.eval.ranking import RankingSums, update_ranking
+from fedshare.federated.fedmf import shard_of
 from fedshare.flower.payload import from_record, to_record, upload_record, views_from
-from fedshare.interactions import UserCSR
-from fedshare.ranking import RankingSums, update_ranking
 
 STATE = "fedshare.state"  # context.state records
 CONFIG = "fedshare.config"
@@ -57,7 +57,7 @@ class NodeData:
 
 
 def node_data(parts: Any, shard: int, nodes: int, val_split: str = "valid") -> NodeData:
-    """The shard's rows of a `fedshare.sharing.Partition` (or a data module): nothing else is kept."""
+    """The shard's rows of a `fedshare.data.sharing.Partition` (or a data module): nothing else is kept."""
 
     def mine(csr: UserCSR) -> UserCSR:
         return csr.select(csr.users % nodes == shard)
@@ -101,10 +101,10 @@ class Node:
     def __init__(self, cfg: DictConfig, shard: int) -> None:
         # only what a device needs: no Lightning, no server graph (a ClientApp process starts
         # for every message, so its imports are paid every round)
-        from fedshare.datasets import locate_files
-        from fedshare.fedshare_model import make_clients
+        from fedshare.data.datasets import locate_files
+        from fedshare.data.sharing import partition
+        from fedshare.federated.fedshare import make_clients
         from fedshare.seeding import torch_generator
-        from fedshare.sharing import partition
 
         self.cfg, self.shard, self.nodes = cfg, shard, int(cfg.fed.nodes)
         if cfg.data.format != "synthetic":
@@ -207,7 +207,7 @@ class Node:
     def evaluate(self, content: RecordDict) -> RecordDict:
         """Ranking metrics (sums and counts) of the node's users; with a ``judge`` record also of
         its revoking users, and the server-side scores of their held-out pairs (the membership
-        attack of `fedshare.unlearning.mia_auc`, whose other half the server computes)."""
+        attack of `fedshare.unlearning.methods.mia_auc`, whose other half the server computes)."""
         split = str(content["config"]["split"])
         target, history = {"valid": ("valid", ("train",)), "test": ("test", ("train", "valid"))}.get(
             split, ("test", ("train", "valid"))

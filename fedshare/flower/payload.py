@@ -12,8 +12,8 @@ import torch
 from flwr.app import Array, ArrayRecord
 from torch import Tensor
 
-from fedshare.federation import Upload
-from fedshare.fedshare_model import ViewMessage
+from fedshare.federated.fedshare import ViewMessage
+from fedshare.federated.rounds import Upload
 
 
 def to_record(**tensors: Tensor | np.ndarray) -> ArrayRecord:

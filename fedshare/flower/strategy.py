@@ -27,9 +27,9 @@ from flwr.app import ConfigRecord, RecordDict
 from omegaconf import DictConfig
 from torch import Tensor
 
-from fedshare.fedmf import shard_of
+from fedshare.data.interactions import UserCSR
+from fedshare.federated.fedmf import shard_of
 from fedshare.flower.payload import from_record, slice_views, to_record, upload_from, views_record
-from fedshare.interactions import UserCSR
 
 # what a node may send back, per message kind (record name -> allowed keys)
 REPLY_KEYS = {
@@ -106,7 +106,7 @@ class FedShareStrategy:
                         f"node of shard {shard} loaded other data ({key}={info[key]!r}, shard "
                         f"{min(infos)} has {first[key]!r}): every node must read the same dataset"
                     )
-        from fedshare.metrics import RankingMetrics  # the server's (the nodes use fedshare.ranking)
+        from fedshare.eval.metrics import RankingMetrics  # the server's (the nodes use fedshare.eval.ranking)
 
         self.metric = RankingMetrics(self.module.ks, list(first["group_names"]))
 
@@ -151,7 +151,7 @@ class FedShareStrategy:
 
     def aggregate_fit(self, replies: dict[int, RecordDict]) -> dict[str, float]:
         """Adds up the replies (in shard order), FedAvg, the graph step; the round's logs."""
-        from lightning_modules.fedshare import round_logs
+        from fedshare.federated.fedshare import round_logs
 
         n_items, dim = self.server.item_emb.shape
         upload, sums = None, {"bpr_sum": 0.0, "bpr_steps": 0, "cl_sum": 0.0, "cl_steps": 0}

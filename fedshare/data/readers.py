@@ -2,7 +2,7 @@
 
 Each reader returns the raw columns of one file (:class:`RawColumns`): ids exactly as the
 file spells them, plus ratings and times where the format has them. Thresholds, k-core,
-id remapping and splitting happen later, in :mod:`fedshare.datasets`.
+id remapping and splitting happen later, in :mod:`fedshare.data.datasets`.
 
 Every reader parses with a vectorized fast path (pandas or numpy). When the fast path
 rejects the file, a line-by-line scan runs instead: it is the reference parser, so it either

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fedshare.graph import SharedGraph
+from fedshare.graph.shared_graph import SharedGraph
 
 
 class EdgeSampler:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fedshare.interactions import InteractionData, UserCSR
+from fedshare.data.interactions import InteractionData, UserCSR
 
 POLICIES = ("fixed", "uniform", "beta", "segments")
 SELECTIONS = ("random", "recent")
@@ -306,8 +306,8 @@ class Partition:
 
 def partition(cfg: Any) -> Partition:
     """Load ``cfg.data``, split it, draw every user's ratio, shared part and start round."""
-    from fedshare.datasets import load_dataset
-    from fedshare.interactions import to_csr
+    from fedshare.data.datasets import load_dataset
+    from fedshare.data.interactions import to_csr
     from fedshare.seeding import numpy_generator
 
     data = load_dataset(cfg.data, seed=cfg.seed)

@@ -18,7 +18,7 @@ data, the method's own store) and returns a model from which the revoked pairs a
   (the revoking users; an item that lost a few of its hundreds of edges keeps its row). On
   ML-1M, moving every affected row (a fresh Adam moves each row with a gradient by about lr)
   cost 6-22% of all users' Recall@20; these two choices keep it within 0.5% of retraining.
-- ``fedEraser`` and ``fru``: the federated-unlearning baselines, in `fedshare.baselines`
+- ``fedEraser`` and ``fru``: the federated-unlearning baselines, in `fedshare.unlearning.baselines`
   (calibrated retraining from stored client updates; rollback of the server's stored top-α
   updates and replay). They record their history while learning (`lightning_modules.history`).
 
@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fedshare.graph import SharedGraph
-from fedshare.lightgcn import EdgeSampler, bpr_loss
-from fedshare.losses import info_nce_in_batch
-from fedshare.metrics import RankingMetrics
+from fedshare.eval.metrics import RankingMetrics
+from fedshare.federated.losses import info_nce_in_batch
+from fedshare.graph.lightgcn import EdgeSampler, bpr_loss
+from fedshare.graph.shared_graph import SharedGraph
 from fedshare.seeding import torch_generator
 
 METHODS = ("contrastive", "retrain", "fedEraser", "fru", "finetune", "delete_only")
@@ -218,7 +218,7 @@ def _node_weights(
 
 
 def _baselines() -> dict[str, Callable[[UnlearnContext], Any]]:
-    from fedshare.baselines import fed_eraser, fru
+    from fedshare.unlearning.baselines import fed_eraser, fru
 
     return {"fedEraser": fed_eraser, "fru": fru}
 

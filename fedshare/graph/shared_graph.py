@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedshare.dgl_compat import import_dgl
+from fedshare.graph.dgl_compat import import_dgl
 
 dgl = import_dgl()
 

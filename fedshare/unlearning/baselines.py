@@ -54,11 +54,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from fedshare.federation import Upload
-from fedshare.snapshots import SnapshotStore
+from fedshare.federated.rounds import Upload
+from fedshare.unlearning.snapshots import SnapshotStore
 
-if TYPE_CHECKING:  # fedshare.unlearning imports this module for its RUNNERS
-    from fedshare.unlearning import UnlearnContext
+if TYPE_CHECKING:  # fedshare.unlearning.methods imports this module for its RUNNERS
+    from fedshare.unlearning.methods import UnlearnContext
 
 # defaults of the options (cfg.unlearn.fedEraser / cfg.unlearn.fru)
 ERASER_EVERY = 10

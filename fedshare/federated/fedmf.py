@@ -17,8 +17,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fedshare.federation import Upload, client_round, cohort_data, fedavg_rows, plan_round, sample_cohort
-from fedshare.interactions import UserCSR
+from fedshare.data.interactions import UserCSR
+from fedshare.federated.rounds import (
+    Upload,
+    client_round,
+    cohort_data,
+    fedavg_rows,
+    plan_round,
+    sample_cohort,
+)
 from fedshare.seeding import torch_generator
 
 
@@ -59,7 +66,7 @@ class FedMFClients(nn.Module):
         # shuffles and negatives are drawn on the devices: one stream per node (see `shard_of`)
         self.round_gens = [torch_generator(seed, round_purpose(k)) for k in range(self.nodes)]
         # optional ``(cohort, weights) -> on_changes`` hook factory (see `client_round`): set by
-        # the unlearning baselines' recorders (fedshare.baselines.RoundChanges) while they record
+        # the unlearning baselines' recorders (fedshare.unlearning.baselines.RoundChanges) while they record
         self.change_recorder: Any = None
 
     def attach_data(self, train: UserCSR) -> None:

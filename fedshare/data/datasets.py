@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from fedshare.interactions import InteractionData, Split
-from fedshare.readers import READERS, DatasetError, RawColumns, read_file
+from fedshare.data.interactions import InteractionData, Split
+from fedshare.data.readers import READERS, DatasetError, RawColumns, read_file
 
 __all__ = [
     "DatasetError",

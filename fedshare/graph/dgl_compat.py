@@ -30,7 +30,7 @@ def _graphbolt_stub() -> types.ModuleType:
     stub = types.ModuleType(_STUB)
     stub.__path__ = []
     stub.__spec__ = importlib.machinery.ModuleSpec(_STUB, None)
-    stub.__doc__ = "Empty stand-in for dgl.graphbolt, put here by fedshare.dgl_compat (unused)."
+    stub.__doc__ = "Empty stand-in for dgl.graphbolt, put here by fedshare.graph.dgl_compat (unused)."
     return stub
 
 

@@ -1,7 +1,7 @@
 """Full-ranking math: mask history, one ``topk``, every metric for every K from one hit matrix.
 
 Plain torch, no torchmetrics: a Flower node (a fresh process per message) evaluates with it;
-`fedshare.metrics.RankingMetrics` is the torchmetrics ``Metric`` on top of it.
+`fedshare.eval.metrics.RankingMetrics` is the torchmetrics ``Metric`` on top of it.
 
 A batch of ``B`` users is scored against all items (``scores: [B, n_items]``). The caller
 masks each user's known items (train, plus valid at test time) with :func:`mask_history`, turns
@@ -63,7 +63,7 @@ def topk_hits(scores: Tensor, target_rows: Tensor, target_cols: Tensor, k: int) 
 
 def rows_of(indptr: Tensor, items: Tensor, users: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The CSR rows of ``users``: (batch position of each entry, item id, entries per user)."""
-    from fedshare.interactions import gather_rows
+    from fedshare.data.interactions import gather_rows
 
     new_indptr, cols = gather_rows(indptr, items, users)
     counts = new_indptr.diff()

@@ -22,15 +22,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fedshare.federation import cohort_data
-from fedshare.fedmf import FedAvgServer, FedMFClients
-from fedshare.interactions import UserCSR
-from fedshare.losses import info_nce, info_nce_in_batch
+from fedshare.data.interactions import UserCSR
+from fedshare.federated.fedmf import FedAvgServer, FedMFClients
+from fedshare.federated.losses import info_nce, info_nce_in_batch
+from fedshare.federated.rounds import cohort_data
 from fedshare.seeding import torch_generator
 
 if TYPE_CHECKING:  # the graph (DGL) is the server's: a client-only process never imports it
-    from fedshare.graph import SharedGraph
-    from fedshare.lightgcn import EdgeSampler
+    from fedshare.graph.lightgcn import EdgeSampler
+    from fedshare.graph.shared_graph import SharedGraph
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,7 @@ class GraphServer(FedAvgServer):
         self.item0 = nn.Parameter(torch.randn(n_items, dim, generator=table_init) * init_std)
         self.register_buffer("user_view", torch.zeros(n_users, dim))
         self.register_buffer("item_view", torch.zeros(n_items, dim))
-        from fedshare.graph import SharedGraph
+        from fedshare.graph.shared_graph import SharedGraph
 
         self.graph = SharedGraph(n_users, n_items)
         self.sampler: EdgeSampler | None = None
@@ -301,7 +301,7 @@ class GraphServer(FedAvgServer):
         """LightGCN-BPR on the shared edges plus ``lambda_cl * InfoNCE(z_i, Q_i)``; refreshes views."""
         if self.graph.n_edges == 0 or optimizer is None or self.steps == 0:
             return {}
-        from fedshare.lightgcn import EdgeSampler, bpr_loss
+        from fedshare.graph.lightgcn import EdgeSampler, bpr_loss
 
         if self.sampler is None:
             self.sampler = EdgeSampler(self.graph)
@@ -352,7 +352,7 @@ class GraphServer(FedAvgServer):
         return out
 
     def load_graph_state(self, state: dict[str, Tensor]) -> None:
-        from fedshare.graph import SharedGraph
+        from fedshare.graph.shared_graph import SharedGraph
 
         self.graph = SharedGraph.from_state(
             self.graph.n_users, self.graph.n_items, state, self.item_emb.device
@@ -372,3 +372,30 @@ class GraphServer(FedAvgServer):
             self.step_gen.set_state(states["step"])
         if "pool" in states:
             self.pool_gen.set_state(states["pool"])
+
+
+def round_logs(
+    module: Any,  # a FedShare module: .clients and .server
+    sums: dict[str, Any],
+    cohort: Tensor,
+    views: Any,
+    server_losses: dict[str, float],
+    client_s: float,
+    server_s: float,
+) -> dict[str, float]:
+    """A round's logged values, from the clients' loss sums (`FedShareClients.fit_sums`, summed
+    over nodes on a deployment) and the server's step: the same keys in-process and on Flower."""
+    bpr = float(sums["bpr_sum"]) / max(1, int(sums["bpr_steps"]))
+    cl = float(sums["cl_sum"]) / max(1, int(sums["cl_steps"]))
+    return {
+        "train/bpr": bpr,
+        "train/cl": cl,
+        "train/loss": bpr + module.clients.lambda_cl * cl,
+        "train/cohort": float(cohort.numel()),
+        "train/sharing_cohort": float(views.n_sharing if views is not None else 0),
+        "graph/edges": float(module.server.graph.n_edges),
+        "time/client_s": client_s,
+        "time/server_s": server_s,
+        "time/round_s": client_s + server_s,
+        **{f"server/{k}": v for k, v in server_losses.items()},
+    }

@@ -1,5 +1,5 @@
 """Ranking metrics as a torchmetrics ``Metric`` (state and syncing), on the math of
-`fedshare.ranking`: mask history, one ``topk``, every metric for every K from one hit matrix.
+`fedshare.eval.ranking`: mask history, one ``topk``, every metric for every K from one hit matrix.
 
 A batch of ``B`` users is scored against all items (``scores: [B, n_items]``). The caller
 masks each user's known items (train, plus valid at test time) with :func:`mask_history`, turns
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from fedshare.ranking import (  # noqa: F401  (re-exported: the metrics' public names)
+from fedshare.eval.ranking import (  # noqa: F401  (re-exported: the metrics' public names)
     METRIC_NAMES,
     add_group_sums,
     mask_history,

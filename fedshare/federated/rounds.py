@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedshare.interactions import gather_rows
-from fedshare.losses import bpr_grads
+from fedshare.data.interactions import gather_rows
+from fedshare.federated.losses import bpr_grads
 
 
 @dataclass(frozen=True)

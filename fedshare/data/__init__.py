@@ -1,0 +1,1 @@
+"""Data: interactions, dataset readers, the datasets, sharing (local/shared splits)."""

@@ -1,0 +1,1 @@
+"""Evaluation: full-ranking math and the torchmetrics Metric."""

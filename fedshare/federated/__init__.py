@@ -1,0 +1,1 @@
+"""Federated rounds: FedMF, FedShare's clients and graph server, their losses."""

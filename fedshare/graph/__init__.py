@@ -1,0 +1,1 @@
+"""The server's shared graph (DGL), the DGL shim, LightGCN."""

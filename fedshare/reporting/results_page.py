@@ -1,0 +1,543 @@
+"""Results page: ``python -m fedshare.results [--datasets A,B] [--seeds 0,1,2] [-- key=value ...]``.
+
+Trains every method on every dataset with every seed, one ``python -m fedshare.train``
+subprocess per run, then writes the page (``docs/RESULTS.md``) and ``RUNS_ROOT/results.json``
+from the runs' ``metrics.json`` files: no number on the page is typed by hand.
+
+Runs go to ``RUNS_ROOT/<dataset>/<method>/seed<N>``, each with its output in ``seed<N>.log`` and
+its command, exit status, wall time and machine in ``seed<N>.run.json`` next to the folder.
+A run whose folder holds ``metrics.json`` is reused, so a long campaign is continued by running
+the same command again. The leftovers of an unfinished attempt (folder without ``metrics.json``,
+log) are renamed ``...-incomplete-<time>`` and the run starts over; nothing is deleted.
+A failed run is reported and the others go on; the exit status is 1 if any failed.
+One campaign per runs root at a time: a second one would take the first one's runs for killed ones.
+
+``--dry-run`` prints what would run; ``--collect-only`` only reads the finished runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedshare.config import ConfigError, compose, config_dir
+from fedshare.data.sharing import GROUP_NAMES
+
+# (label, overrides) in the page's order; the label's slug names the runs' folder
+METHODS: list[tuple[str, list[str]]] = [
+    ("popularity", ["experiment=popularity"]),
+    ("FedMF", ["experiment=fedmf"]),
+    ("FedShare", ["experiment=fedshare"]),
+    ("FedShare w/o alignment", ["experiment=fedshare", "model.lambda_cl=0"]),
+    ("FedShare w/o graph", ["experiment=fedshare", "model.use_graph=false"]),
+    ("LightGCN (centralized)", ["experiment=lightgcn_central"]),
+    # 400 epochs of ML-1M take over an hour on 2 CPU cores; this row is what a CPU campaign affords
+    ("LightGCN (centralized; 100 epochs)", ["experiment=lightgcn_central", "fed.rounds=100"]),
+]
+DATASETS = ["ml-100k", "ml-1m"]
+SEEDS = [0, 1, 2]
+K = 20
+# where a run writes and what it prints; none of these changes its numbers
+RUN_FLAGS = ["logger=none", "trainer.enable_progress_bar=false"]
+GROUP_TABLE = ["FedMF", "FedShare"]  # rows of the per-sharing-group table
+GAIN = ("FedShare", "FedMF")  # relative gain of the first over the second in mean Recall@K
+TAIL_LINES = 15  # lines of a failed run's log shown on the console
+DEFAULTS = {
+    "data_root": None,  # the dataset config's own default: data.root, else $FEDSHARE_DATA, else the cache
+    "runs_root": "runs/results",
+    "out": "docs/RESULTS.md",
+}
+
+
+def slug(label: str) -> str:
+    """Folder name of a method: ``FedShare w/o graph`` -> ``fedshare-wo-graph``."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower().replace("w/o", "wo")).strip("-")
+
+
+@dataclass
+class Run:
+    dataset: str
+    label: str
+    seed: int
+    overrides: list[str]  # what decides the numbers: method, data, seed, extra overrides
+    folder: Path
+
+    @property
+    def log(self) -> Path:
+        return self.folder.with_name(f"{self.folder.name}.log")
+
+    @property
+    def record(self) -> Path:
+        return self.folder.with_name(f"{self.folder.name}.run.json")
+
+    @property
+    def args(self) -> list[str]:
+        """Arguments of ``python -m fedshare.train`` for this run."""
+        return [*self.overrides, f"paths.output_dir={self.folder}", *RUN_FLAGS]
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset} {self.label} seed {self.seed}"
+
+
+@dataclass
+class Outcome:
+    """What became of a run in this invocation."""
+
+    run: Run
+    status: str  # reused | trained | failed | missing
+    detail: str = ""
+
+
+def _is_synthetic(dataset: str) -> bool:
+    """A generated dataset reads no folder, so its commands carry no ``data.root``."""
+    path = config_dir() / "data" / f"{dataset}.yaml"
+    return (yaml.safe_load(path.read_text()) or {}).get("format") == "synthetic"
+
+
+def plan(
+    datasets: list[str],
+    seeds: list[int],
+    methods: list[tuple[str, list[str]]],
+    data_root: str | None,
+    runs_root: Path,
+    extras: list[str],
+) -> list[Run]:
+    """Every run of the campaign, dataset by dataset, method by method, seed by seed."""
+    slugs = [slug(label) for label, _ in methods]
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"two methods share a folder name: {sorted(slugs)}")
+    runs = []
+    for dataset in datasets:
+        data = [f"data={dataset}"] + (
+            [] if _is_synthetic(dataset) or data_root is None else [f"data.root={data_root}"]
+        )
+        for (label, overrides), name in zip(methods, slugs):
+            for seed in seeds:
+                runs.append(
+                    Run(
+                        dataset,
+                        label,
+                        seed,
+                        [*overrides, *data, f"seed={seed}", *extras],
+                        runs_root / dataset / name / f"seed{seed}",
+                    )
+                )
+    return runs
+
+
+def train_command(overrides: list[str], seeds: list[int] | None = None) -> str:
+    """``python -m fedshare.train ...``; with ``seeds``, the seed shows as ``seed={0,1,2}``."""
+    parts = ["python -m fedshare.train"]
+    for arg in overrides:
+        if seeds is not None and arg.startswith("seed="):
+            parts.append(
+                "seed=" + (str(seeds[0]) if len(seeds) == 1 else "{" + ",".join(map(str, seeds)) + "}")
+            )
+        else:
+            parts.append(shlex.quote(arg))
+    return " ".join(parts)
+
+
+def machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}, Python {platform.python_version()}, "
+        f"{platform.platform()}"
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# where the files are and which device ran the run decide no number: the same run may be read
+# from another folder, or trained on a GPU (each run's record names its machine)
+PLACE_ONLY = ("data.root=", "trainer.accelerator=")
+
+
+def _comparable(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if not o.startswith(PLACE_ONLY)]
+
+
+def conflict(run: Run) -> str | None:
+    """Why the finished run in ``run.folder`` is not the one asked for, or None."""
+    record = _read_json(run.record)
+    if not record or "overrides" not in record:
+        return None  # made by hand or by an older script: nothing to compare
+    if _comparable(record["overrides"]) == _comparable(run.overrides):
+        return None
+    return (
+        f"{run.folder} holds a run of `{train_command(record['overrides'])}`, not of "
+        f"`{train_command(run.overrides)}`; move it away or choose another --runs-root"
+    )
+
+
+def state(run: Run) -> str:
+    """finished | leftovers (of an unfinished attempt) | new."""
+    if (run.folder / "metrics.json").is_file():
+        return "finished"
+    if run.folder.exists() or run.log.exists() or run.record.exists():
+        return "leftovers"
+    return "new"
+
+
+def move_aside(run: Run) -> list[tuple[Path, Path]]:
+    """Rename what an unfinished attempt left (folder, log, record) to ``...-incomplete-<time>``."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base, n = f"{run.folder.name}-incomplete-{stamp}", 1
+    while any(run.folder.with_name(base + s).exists() for s in ("", ".log", ".run.json")):
+        base, n = f"{run.folder.name}-incomplete-{stamp}-{n}", n + 1
+    moved = []
+    for old, suffix in ((run.folder, ""), (run.log, ".log"), (run.record, ".run.json")):
+        if old.exists():
+            new = run.folder.with_name(base + suffix)
+            old.rename(new)
+            moved.append((old, new))
+    return moved
+
+
+def tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def execute(run: Run) -> Outcome:
+    """One run as a subprocess, its output into ``run.log``, its record into ``run.record``."""
+    run.folder.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "fedshare.train", *run.args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log fills as the run goes (tail -f)
+    started = datetime.now().astimezone()
+    t0 = time.perf_counter()
+    with open(run.log, "w") as log:
+        log.write(f"# {train_command(run.args)}\n# started {started.isoformat(timespec='seconds')}\n")
+        log.flush()
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:  # the run got the Ctrl-C too; let it stop, then stop the campaign
+            proc.wait()
+            raise
+    wall = time.perf_counter() - t0
+    record = {
+        "overrides": run.overrides,
+        "command": train_command(run.args),
+        "returncode": code,
+        "wall_s": round(wall, 3),
+        "started": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+    }
+    _write_atomic(run.record, json.dumps(record, indent=2) + "\n")
+    if code != 0:
+        return Outcome(run, "failed", f"exit {code} after {wall:.1f} s")
+    if not (run.folder / "metrics.json").is_file():
+        return Outcome(run, "failed", f"exit 0 but no metrics.json after {wall:.1f} s")
+    return Outcome(run, "trained", f"{wall:.1f} s")
+
+
+def preflight(runs: list[Run], validate: bool = True) -> list[str]:
+    """What must stop the campaign before it starts: a config error, a finished run of another command."""
+    problems = []
+    if validate:  # a typo must not cost one failed run per command
+        seen = set()
+        for run in runs:
+            if (run.dataset, run.label) in seen:  # seeds differ only in seed=N
+                continue
+            seen.add((run.dataset, run.label))
+            try:
+                compose(run.args)
+            except ConfigError as err:
+                problems.append(f"config error ({run.dataset}, {run.label}): {err}")
+    for run in runs:
+        why = conflict(run) if state(run) == "finished" else None
+        if why:
+            problems.append(f"{run.name}: {why}")
+    return problems
+
+
+def campaign(
+    runs: list[Run], runs_root: Path, dry_run: bool = False, collect_only: bool = False
+) -> list[Outcome] | None:
+    """Train what is missing (or, with ``dry_run``, say what would run); None if interrupted."""
+    outcomes = []
+    if not dry_run and not collect_only:
+        print(f"{len(runs)} runs in {runs_root}; each one's output: <dataset>/<method>/seed<N>.log")
+    for i, run in enumerate(runs, 1):
+        head = f"[{i}/{len(runs)}] {run.name}"
+        st = state(run)
+        if st == "finished":
+            outcomes.append(Outcome(run, "reused"))
+            print(f"{head} ... reused ({run.folder / 'metrics.json'})")
+            continue
+        if collect_only:
+            outcomes.append(Outcome(run, "missing"))
+            print(f"{head} ... missing (no {run.folder / 'metrics.json'})")
+            continue
+        if dry_run:
+            aside = " (after moving an unfinished attempt aside)" if st == "leftovers" else ""
+            print(f"{head} would run{aside}: {train_command(run.args)}")
+            continue
+        if st == "leftovers":
+            moved = move_aside(run)
+            print(
+                f"{head}: moved an unfinished attempt aside: "
+                + ", ".join(f"{old.name} -> {new.name}" for old, new in moved)
+                + f" (in {run.folder.parent})"
+            )
+        print(f"{head} ... ", end="", flush=True)
+        try:
+            outcome = execute(run)
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted during {run.name}; run the same command again to continue "
+                "(finished runs are reused)",
+                file=sys.stderr,
+            )
+            return None
+        outcomes.append(outcome)
+        if outcome.status == "trained":
+            print(outcome.detail, flush=True)
+        else:
+            print(f"FAILED ({outcome.detail}); last lines of {run.log}:", flush=True)
+            for line in tail(run.log):
+                print(f"    {line}")
+    return outcomes
+
+
+def summarize(values: list[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof=1; None with fewer than 2 values)."""
+    return {
+        "n": len(values),
+        "mean": statistics.fmean(values) if values else None,
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+    }
+
+
+def collect(runs: list[Run]) -> dict[str, Any]:
+    """Finished runs' metrics and records, by dataset and method, with a summary of every metric."""
+    out: dict[str, Any] = {}
+    for run in runs:
+        entry = out.setdefault(run.dataset, {}).setdefault(
+            run.label,
+            {
+                "command": train_command(run.overrides, [r.seed for r in runs if _same_row(r, run)]),
+                "folder": str(run.folder.parent),
+                "seeds": [],
+                "runs": {},
+            },
+        )
+        entry["seeds"].append(run.seed)
+        metrics = _read_json(run.folder / "metrics.json")
+        if metrics is None:
+            continue
+        record = _read_json(run.record) or {}
+        entry["runs"][str(run.seed)] = {
+            "folder": str(run.folder),
+            "metrics": metrics,
+            "wall_s": record.get("wall_s") if record.get("returncode") == 0 else None,
+            "machine": record.get("machine") if record.get("returncode") == 0 else None,
+        }
+    for rows in out.values():
+        for entry in rows.values():
+            keys = sorted({k for r in entry["runs"].values() for k in r["metrics"]})
+            entry["summary"] = {
+                k: summarize([r["metrics"][k] for r in entry["runs"].values() if k in r["metrics"]])
+                for k in keys
+            }
+            walls = [r["wall_s"] for r in entry["runs"].values() if r["wall_s"] is not None]
+            entry["wall_s"] = {
+                **summarize(walls),
+                "min": min(walls, default=None),
+                "max": max(walls, default=None),
+            }
+    return out
+
+
+def _same_row(a: Run, b: Run) -> bool:
+    return a.dataset == b.dataset and a.label == b.label
+
+
+def fmt_mean_std(s: dict[str, Any] | None, n_row: int | None = None) -> str:
+    if not s or not s["n"]:
+        return "—"
+    text = f"{s['mean']:.4f} ±n/a" if s["std"] is None else f"{s['mean']:.4f} ± {s['std']:.4f}"
+    return text if n_row is None or s["n"] == n_row else f"{text} (n={s['n']})"
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def fmt_wall(wall: dict[str, Any]) -> str:
+    """Mean, and the range where runs differ: a shared machine now and then runs a process slower."""
+    if wall["n"] < 2:
+        return fmt_seconds(wall["mean"])
+    return f"{fmt_seconds(wall['mean'])} ({fmt_seconds(wall['min'])} to {fmt_seconds(wall['max'])})"
+
+
+def fmt_seeds(entry: dict[str, Any]) -> str:
+    asked = entry["seeds"]
+    missing = [str(s) for s in asked if str(s) not in entry["runs"]]
+    if not missing:
+        return f"n={len(asked)}"
+    seeds = "seeds" if len(missing) > 1 else "seed"
+    return f"n={len(asked) - len(missing)} of {len(asked)} (missing {seeds} {', '.join(missing)})"
+
+
+def gain_line(rows: dict[str, Any]) -> str:
+    new, old = GAIN
+    key = f"test/recall@{K}"
+    a, b = (rows.get(m, {}).get("summary", {}).get(key) for m in (new, old))
+    if not a or not b:
+        absent = " and ".join(m for m, s in ((new, a), (old, b)) if not s)
+        return f"{new} over {old}: n/a (no finished {absent} run)."
+    if b["mean"] == 0:
+        return f"{new} over {old}: n/a ({old}'s mean Recall@{K} is 0)."
+    gain = (a["mean"] - b["mean"]) / b["mean"]
+    note = "" if a["n"] == b["n"] else f" ({new} n={a['n']}, {old} n={b['n']}: not the same seeds)"
+    return (
+        f"{new} over {old}: mean Recall@{K} {a['mean']:.4f} vs {b['mean']:.4f}, "
+        f"relative gain **{gain:+.2%}**{note}."
+    )
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render(collected: dict[str, Any], command: str, generated: str, runs_root: str) -> str:
+    machines: dict[str, int] = {}
+    for rows in collected.values():
+        for entry in rows.values():
+            for r in entry["runs"].values():
+                desc = r["machine"] or "not recorded"
+                machines[desc] = machines.get(desc, 0) + 1
+    lines = [
+        "# Results",
+        "",
+        f"Generated {generated} by `python -m fedshare.results` from the runs' `metrics.json` files; "
+        "no number on this page is typed by hand. To regenerate it (finished runs are reused, missing "
+        "ones are trained; add `--collect-only` to only re-read the runs):",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+    ]
+    if len(machines) == 1:
+        lines.append(f"Machine: {next(iter(machines))}.")
+    else:
+        lines.append("Machines:")
+        lines += [f"- {desc} ({n} runs)" for desc, n in machines.items()] or ["- none (no finished run)"]
+    lines += [
+        "",
+        f"Test split, full ranking over all items, K = {K}. Each number is the mean ± the sample "
+        "standard deviation (ddof=1) over seeds; `±n/a` where one seed finished. Wall time: mean per "
+        "run (and range) of the whole `python -m fedshare.train` process: start-up, data, training, test. "
+        f"Each run also got `paths.output_dir={runs_root}/<dataset>/<method>/seed<N> "
+        f"{' '.join(RUN_FLAGS)}`; its output is in `seed<N>.log` next to that folder.",
+    ]
+    metric_r, metric_n = f"test/recall@{K}", f"test/ndcg@{K}"
+    for dataset, rows in collected.items():
+        lines += [
+            "",
+            f"## {dataset}",
+            "",
+            f"| method | Recall@{K} | NDCG@{K} | seeds | wall time per run | command |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label, entry in rows.items():
+            n = len(entry["runs"])
+            lines.append(
+                f"| {label} | {fmt_mean_std(entry['summary'].get(metric_r), n)} | "
+                f"{fmt_mean_std(entry['summary'].get(metric_n), n)} | {fmt_seeds(entry)} | "
+                f"{fmt_wall(entry['wall_s'])} | `{_cell(entry['command'])}` |"
+            )
+        shown = [m for m in GROUP_TABLE if m in rows]
+        if not shown:
+            continue
+        lines += [
+            "",
+            f"### {dataset}: Recall@{K} by sharing group",
+            "",
+            "Test users grouped by the share of their training interactions they share with the server "
+            "(`share=0`: nothing, `share=1`: everything), as drawn in each run. FedMF uses no shared "
+            "data; it is here for comparison.",
+            "",
+            "| method | " + " | ".join(f"share={g}" for g in GROUP_NAMES) + " |",
+            "|---" * (len(GROUP_NAMES) + 1) + "|",
+        ]
+        for label in shown:
+            entry = rows[label]
+            n = len(entry["runs"])
+            cells = [fmt_mean_std(entry["summary"].get(f"{metric_r}/share={g}"), n) for g in GROUP_NAMES]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        if GAIN[0] in rows or GAIN[1] in rows:
+            lines += ["", gain_line(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def results_command(
+    datasets: list[str],
+    seeds: list[int],
+    labels: list[str] | None,
+    data_root: str | None,
+    runs_root: str,
+    out: str,
+    extras: list[str],
+) -> str:
+    """The command that regenerates the page (``labels`` None: every method)."""
+    parts = [
+        "python",
+        "-m",
+        "fedshare.results",
+        "--datasets",
+        ",".join(datasets),
+        "--seeds",
+        ",".join(map(str, seeds)),
+    ]
+    if labels is not None:
+        parts += ["--methods", ",".join(labels)]
+    parts += [
+        *(["--data-root", data_root] if data_root is not None else []),
+        "--runs-root",
+        runs_root,
+        "--out",
+        out,
+    ]
+    if extras:
+        parts += ["--", *extras]
+    return shlex.join(parts)
