@@ -1,15 +1,19 @@
-"""Files replaced in one step: a crash leaves the old file or the new one, never half of one.
+"""The one durable writer: files replaced in one step, so a crash leaves the old file or the new one.
 
-Every durable writer of the platform (checkpoints, snapshots, the request ledger and CSVs)
-goes through `replace_file`: the content goes to a temporary file beside the target, is
-fsync'd, and replaces the target with ``os.replace``; the folder entry is fsync'd too.
+Every file the platform writes to last (config.yaml, command.txt, metrics.json, history.json,
+checkpoints, snapshots, the baselines' histories, the request ledger and CSVs, the pages) goes
+through `replace_file`, or `write_text` / `write_json` on top of it: the content goes to a
+temporary file beside the target, is fsync'd, and replaces the target with ``os.replace``; the
+folder entry is fsync'd too. The ledger's appends are fsync'd by the ledger itself.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def fsync_dir(folder: Path) -> None:
@@ -40,3 +44,13 @@ def replace_file(path: Path, write: Callable[[Path], None]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_text(path: Path, text: str) -> None:
+    """``text`` (UTF-8, ``\\n`` line ends) as the whole of ``path``, atomically."""
+    replace_file(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"))
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """``payload`` as indented JSON with sorted keys (NaN kept as NaN), atomically."""
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True, allow_nan=True) + "\n")

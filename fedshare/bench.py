@@ -26,11 +26,14 @@ import json
 import logging
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from datamodules import FederatedDataModule
 from fedshare.config import ConfigError, compose
@@ -197,19 +200,14 @@ def _report(result: dict[str, Any]) -> str:
 
 def bench_propagate(cfg, repeats: int = 5, reference: bool = True) -> dict[str, Any]:
     """LightGCN propagation (3 layers, d=64) on a random graph of Gowalla's size: DGL vs torch.sparse."""
-    from fedshare.graph.shared_graph import bench_propagate as run
+    from fedshare.graph.shared_graph import bench_propagate as run  # DGL: only this benchmark needs it
 
     return {"benchmark": "propagate", "dataset": "random, Gowalla-sized", **run(repeats=repeats)}
 
 
 def bench_flower(cfg, repeats: int = 5, reference: bool = True) -> dict[str, Any]:
     """``repeats`` rounds on Flower (no validation), then the same rounds in-process."""
-    import tempfile
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-
-    from fedshare.flower.launch import launch
+    from fedshare.flower.launch import launch  # Flower: only this benchmark needs it
 
     if cfg.model.name != "fedshare":
         raise ConfigError(f"bench flower runs model=fedshare; got model={cfg.model.name}")
@@ -267,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             overrides.append(arg)
     if name == "flower":
-        from fedshare.flower.launch import compose_args
+        from fedshare.flower.launch import compose_args  # Flower: only this benchmark needs it
 
         overrides = compose_args(overrides)
     try:

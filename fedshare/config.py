@@ -23,6 +23,11 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from fedshare.atomic import write_text
+from fedshare.data.datasets import check_config as check_data
+from fedshare.data.sharing import validate_config as check_sharing
+from fedshare.unlearning.registry import check_config as check_unlearn
+
 GROUPS = ("data", "model", "sharing", "trainer", "logger")
 OVERLAYS = ("experiment", "debug")
 
@@ -208,11 +213,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"'fed.nodes' must be an integer >= 1, got {cfg.fed.nodes!r}")
     if cfg.fed.rounds < 0:
         raise ConfigError(f"'fed.rounds' must be >= 0, got {cfg.fed.rounds}")
-    # the data and sharing modules own their rules; ask them now, before any work
-    from fedshare.data.datasets import check_config as check_data
-    from fedshare.data.sharing import validate_config as check_sharing
-    from fedshare.unlearning.phase import check_config as check_unlearn
-
+    # the data, sharing and unlearning packages own their rules; ask them now, before any work
     try:
         check_data(cfg.data)
         check_sharing(cfg.sharing)
@@ -296,7 +297,4 @@ def to_yaml(cfg: DictConfig) -> str:
 
 def save(cfg: DictConfig, path: Path) -> None:
     """Write atomically so a crash never leaves a half-written config behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(to_yaml(cfg))
-    tmp.replace(path)
+    write_text(Path(path), to_yaml(cfg))

@@ -14,8 +14,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from fedshare.reporting.unlearning_page import format_comparison
+from fedshare.run import driver
 from fedshare.run.build import build_model, load_run
-from fedshare.unlearning.phase import check_config, unlearn_phase
+from fedshare.unlearning.registry import check_config
 from fedshare.unlearning.requests import RequestError
 
 
@@ -48,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             methods = list(cfg.unlearn.methods) or ["contrastive"]
         check_config(OmegaConf.merge(cfg, {"unlearn": {"methods": methods}}))
-        metrics = unlearn_phase(
-            cfg, model, dm, run_dir, lambda d: build_model(cfg, d), methods, opts.get("requests")
+        metrics = driver.unlearn(
+            cfg, model, dm, run_dir, lambda d: build_model(cfg, d), methods, requests_file=opts.get("requests")
         )
     except (RequestError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

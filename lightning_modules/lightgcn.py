@@ -25,14 +25,15 @@ class LightGCNModule(RankingModule):
         self,
         n_users: int,
         n_items: int,
-        dim: int = 64,
-        layers: int = 3,
-        lr: float = 1e-3,
-        reg: float = 1e-4,
-        batch_size: int = 2048,
-        init_std: float = 0.1,
-        seed: int = 0,
-        ks: Sequence[int] = (10, 20),
+        *,  # the rest from the config (configs/model/lightgcn.yaml, seed, eval.ks): no defaults here
+        dim: int,
+        layers: int,
+        lr: float,
+        reg: float,
+        batch_size: int,
+        init_std: float,
+        seed: int,
+        ks: Sequence[int],
     ) -> None:
         super().__init__(ks)
         self.save_hyperparameters()

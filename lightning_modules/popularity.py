@@ -13,7 +13,7 @@ from lightning_modules.ranking import RankingModule
 class PopularityModule(RankingModule):
     """Counts training interactions of every item (all of ``D_u``: a reference, not private)."""
 
-    def __init__(self, n_items: int, ks: Sequence[int] = (10, 20)) -> None:
+    def __init__(self, n_items: int, *, ks: Sequence[int]) -> None:  # ks: eval.ks
         super().__init__(ks)
         self.save_hyperparameters()
         self.automatic_optimization = False

@@ -25,7 +25,7 @@ class RankingModule(pl.LightningModule):
     implement ``score_users``.
     """
 
-    def __init__(self, ks: Sequence[int] = (10, 20)) -> None:
+    def __init__(self, ks: Sequence[int]) -> None:  # eval.ks
         super().__init__()
         self.ks = [int(k) for k in ks]
         self.val_metrics: RankingMetrics | None = None
@@ -40,7 +40,7 @@ class RankingModule(pl.LightningModule):
         _csr_buffers(self, "test", dm.test)
         self.register_buffer("share_group", torch.from_numpy(dm.share_group), persistent=False)
         self.group_names = list(dm.group_names)
-        self.val_split = getattr(dm, "val_split", "valid")
+        self.val_split = dm.val_split
         self.val_metrics = RankingMetrics(self.ks, self.group_names)
         self.test_metrics = RankingMetrics(self.ks, self.group_names)
 

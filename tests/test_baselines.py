@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 
 from datamodules import FederatedDataModule
 from fedshare.config import compose
@@ -25,21 +26,22 @@ from fedshare.federated.rounds import (
     plan_round,
 )
 from fedshare.run.build import build_model
-from fedshare.unlearning.baselines import (
+from fedshare.unlearning.context import UnlearnContext, folder_bytes
+from fedshare.unlearning.contrastive import SnapshotRecorder
+from fedshare.unlearning.fed_eraser import FedEraserRecorder, fed_eraser
+from fedshare.unlearning.fru import FRURecorder, fru, fru_rollback
+from fedshare.unlearning.history import (
     ClientUpdates,
     HistoryStore,
     RoundChanges,
-    fed_eraser,
-    fru,
-    fru_rollback,
     server_tables,
     top_rows,
 )
-from fedshare.unlearning.methods import UnlearnContext, folder_bytes, judge, retrain
+from fedshare.unlearning.judge import judge
+from fedshare.unlearning.retrain import retrain
 from fedshare.unlearning.snapshots import SnapshotStore, snapshot_rounds
-from lightning_modules.history import FedEraserRecorder, FRURecorder
-from lightning_modules.snapshots import SnapshotCallback
-from tests.conftest import TINY
+from lightning_modules.recording import RecorderCallback
+from tests.conftest import TINY, model_kwargs
 from tests.test_federation import _population
 
 ROUNDS, EVERY, DIM = 6, 3, 32
@@ -109,7 +111,8 @@ def test_recorded_changes_are_each_clients_own_update(epochs: int) -> None:
 
 def test_fedmf_clients_fit_passes_the_recorder() -> None:
     indptr, items, n_users, n_items = _population(n_users=20, n_items=50, n=500)
-    clients = FedMFClients(n_users, 8, torch.Generator().manual_seed(0), 0.1, 2, 5, 0.5, 1e-3, 0)
+    nodes = model_kwargs("fedmf")["nodes"]
+    clients = FedMFClients(n_users, 8, torch.Generator().manual_seed(0), 0.1, 2, 5, 0.5, 1e-3, 0, nodes)
     clients.train_indptr, clients.train_items, clients.n_items = indptr, items, n_items
     clients.change_recorder = collector = RoundChanges(n_items)
     cohort = torch.arange(0, n_users, 2)
@@ -143,10 +146,14 @@ def run(tmp_path_factory: pytest.TempPathFactory):
     model = build_model(cfg, dm)
     snap_rounds = snapshot_rounds(int(cfg.unlearn.snapshots), ROUNDS)  # what train() keeps for contrastive
     callbacks = [
-        FedEraserRecorder(root / "fedEraser", every=EVERY),
-        FRURecorder(root / "fru"),
-        FRURecorder(root / "fru_full", alpha=1.0),
-        SnapshotCallback(SnapshotStore(root / "snapshots"), snap_rounds),
+        RecorderCallback(
+            [
+                FedEraserRecorder(root / "fedEraser", every=EVERY),
+                FRURecorder(root / "fru", alpha=float(cfg.unlearn.fru.alpha)),
+                FRURecorder(root / "fru_full", alpha=1.0),
+                SnapshotRecorder(SnapshotStore(root / "snapshots"), snap_rounds),
+            ]
+        ),
     ]
     trainer = pl.Trainer(
         max_epochs=ROUNDS,
@@ -174,7 +181,7 @@ def run(tmp_path_factory: pytest.TempPathFactory):
             users=users,
             items=items,
             rounds=ROUNDS,
-            options=options,
+            options={**(OmegaConf.to_container(cfg.unlearn[name]) if name in cfg.unlearn else {}), **options},
             store=root / name,
             build=lambda d: build_model(cfg, d),
         )
@@ -353,7 +360,7 @@ def test_fed_eraser_unlearns_with_fewer_rounds_than_retrain(run, monkeypatch: py
 
 
 def test_fed_eraser_calibrates_to_the_stored_norms(run, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fedshare.unlearning import baselines
+    from fedshare.unlearning import fed_eraser as baselines
 
     seen = []
     calibrate = baselines.calibrate

@@ -14,6 +14,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from fedshare import atomic
 from fedshare import report as report_cli
 from fedshare.reporting import unlearning_page as report
 
@@ -493,12 +494,12 @@ def test_write_atomic_keeps_the_old_file_on_failure(tmp_path: Path, monkeypatch:
     def boom(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.os, "replace", boom)
+    monkeypatch.setattr(atomic.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
-        report.write_atomic(page, "new\n")
+        atomic.write_text(page, "new\n")
     assert page.read_text() == "old\n" and [p.name for p in folder.iterdir()] == ["page.md"]
     monkeypatch.undo()
-    report.write_atomic(page, "new\n")
+    atomic.write_text(page, "new\n")
     assert page.read_text() == "new\n" and [p.name for p in folder.iterdir()] == ["page.md"]
 
 

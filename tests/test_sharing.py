@@ -11,6 +11,7 @@ from fedshare.data.sharing import (
     share_groups,
     sharing_summary,
 )
+from tests.conftest import sharing_cfg
 
 
 def _train(n_users: int = 300, n_items: int = 500, seed: int = 0, with_times: bool = True) -> UserCSR:
@@ -27,12 +28,12 @@ def _train(n_users: int = 300, n_items: int = 500, seed: int = 0, with_times: bo
 
 
 def test_fixed_is_exact():
-    r = draw_ratios({"policy": "fixed", "ratio": 0.3}, 100, np.random.default_rng(0))
+    r = draw_ratios(sharing_cfg("fixed", ratio=0.3), 100, np.random.default_rng(0))
     assert r.dtype == np.float64 and np.all(r == 0.3)
 
 
 def test_segments_exact_counts():
-    cfg = OmegaConf.create({"policy": "segments", "none": 0.25, "full": 0.15})
+    cfg = OmegaConf.create(sharing_cfg("segments", none=0.25, full=0.15))
     r = draw_ratios(cfg, 1002, np.random.default_rng(0))
     # round half up: 0.25 * 1002 = 250.5 -> 251; 0.15 * 1002 = 150.3 -> 150
     assert (r == 0).sum() == 251 and (r == 1).sum() == 150
@@ -42,13 +43,13 @@ def test_segments_exact_counts():
 
 
 def test_segments_partial_range_is_open():
-    cfg = {"policy": "segments", "none": 0.0, "full": 0.0, "partial_low": 0.2, "partial_high": 0.4}
+    cfg = sharing_cfg("segments", none=0.0, full=0.0, partial_low=0.2, partial_high=0.4)
     r = draw_ratios(cfg, 10_000, np.random.default_rng(0))
     assert np.all((r > 0.2) & (r < 0.4))
 
 
 def test_segments_users_are_random():
-    cfg = {"policy": "segments", "none": 0.5, "full": 0.5}
+    cfg = sharing_cfg("segments", none=0.5, full=0.5)
     a = draw_ratios(cfg, 1000, np.random.default_rng(0))
     b = draw_ratios(cfg, 1000, np.random.default_rng(1))
     assert (a == 0).sum() == (b == 0).sum() == 500
@@ -57,14 +58,14 @@ def test_segments_users_are_random():
 
 
 def test_uniform_mean():
-    r = draw_ratios({"policy": "uniform", "low": 0.2, "high": 0.6}, 10_000, np.random.default_rng(0))
-    assert r.min() >= 0.2 and r.max() <= 0.6
+    r = draw_ratios(sharing_cfg("uniform", low=0.2, high=0.6), 10_000, np.random.default_rng(0))
+    assert np.array_equal(r, np.random.default_rng(0).uniform(0.2, 0.6, 10_000))  # low, high as given
     assert abs(r.mean() - 0.4) < 0.01
 
 
 def test_beta_mean():
-    r = draw_ratios({"policy": "beta", "a": 2.0, "b": 5.0}, 10_000, np.random.default_rng(0))
-    assert r.min() >= 0 and r.max() <= 1
+    r = draw_ratios(sharing_cfg("beta", a=2.0, b=5.0), 10_000, np.random.default_rng(0))
+    assert np.array_equal(r, np.random.default_rng(0).beta(2.0, 5.0, 10_000))  # a and b not swapped
     assert abs(r.mean() - 2 / 7) < 0.01
 
 
@@ -74,21 +75,22 @@ def test_beta_mean():
 @pytest.mark.parametrize(
     "cfg, key",
     [
-        ({"policy": "gaussian"}, "sharing.policy"),
-        ({"ratio": 0.5}, "sharing.policy"),
-        ({"policy": "fixed", "ratio": 1.5}, "sharing.ratio"),
-        ({"policy": "fixed", "ratio": -0.1}, "sharing.ratio"),
-        ({"policy": "fixed", "ratio": "half"}, "sharing.ratio"),
-        ({"policy": "fixed"}, "sharing.ratio"),
-        ({"policy": "uniform", "low": 0.7, "high": 0.3}, "sharing.low"),
-        ({"policy": "beta", "a": 0.0, "b": 1.0}, "sharing.a"),
-        ({"policy": "beta", "a": 1.0, "b": -2.0}, "sharing.b"),
-        ({"policy": "segments", "none": 0.6, "full": 0.5}, "sharing.none"),
+        (sharing_cfg("fixed", policy="gaussian"), "sharing.policy"),
+        (sharing_cfg("fixed", policy=None), "sharing.policy"),
+        (sharing_cfg("fixed", ratio=1.5), "sharing.ratio"),
+        (sharing_cfg("fixed", ratio=-0.1), "sharing.ratio"),
+        (sharing_cfg("fixed", ratio="half"), "sharing.ratio"),
+        (sharing_cfg("fixed", ratio=None), "sharing.ratio"),
+        (sharing_cfg("uniform", low=0.7, high=0.3), "sharing.low"),
+        (sharing_cfg("beta", a=0.0, b=1.0), "sharing.a"),
+        (sharing_cfg("beta", a=1.0, b=-2.0), "sharing.b"),
+        (sharing_cfg("segments", none=0.6, full=0.5), "sharing.none"),
         (
-            {"policy": "segments", "none": 0.1, "full": 0.1, "partial_low": 0.9, "partial_high": 0.2},
+            sharing_cfg("segments", none=0.1, full=0.1, partial_low=0.9, partial_high=0.2),
             "sharing.partial_low",
         ),
-        ({"policy": "fixed", "ratio": 0.5, "selection": "oldest"}, "sharing.selection"),
+        (sharing_cfg("fixed", ratio=0.5, selection="oldest"), "sharing.selection"),
+        (sharing_cfg("fixed", late_fraction=None), "sharing.late_fraction"),  # no copy of the YAML's
     ],
 )
 def test_invalid_config_names_key(cfg, key):
@@ -101,12 +103,12 @@ def test_invalid_config_names_key(cfg, key):
 
 def test_whole_config_instead_of_group_is_explained():
     with pytest.raises(ValueError, match=r"cfg\.sharing"):
-        draw_ratios({"sharing": {"policy": "fixed", "ratio": 0.5}}, 10, np.random.default_rng(0))
+        draw_ratios({"sharing": sharing_cfg("fixed", ratio=0.5)}, 10, np.random.default_rng(0))
 
 
 def test_unknown_policy_lists_accepted():
     with pytest.raises(ValueError, match="fixed, uniform, beta, segments"):
-        draw_ratios({"policy": "gaussian"}, 10, np.random.default_rng(0))
+        draw_ratios(sharing_cfg("fixed", policy="gaussian"), 10, np.random.default_rng(0))
 
 
 # --- selection -----------------------------------------------------------------------------------
@@ -114,7 +116,7 @@ def test_unknown_policy_lists_accepted():
 
 def test_sizes_are_round_half_up_for_every_user():
     train = _train()
-    ratios = draw_ratios({"policy": "uniform"}, train.n_users, np.random.default_rng(0))
+    ratios = draw_ratios(sharing_cfg("uniform"), train.n_users, np.random.default_rng(0))
     odd = np.flatnonzero(train.degrees % 2 == 1)
     ratios[odd[::2]] = 0.5  # exact halves: x.5 must round up
     mask = select_shared(train, ratios, "random", np.random.default_rng(1))
@@ -228,7 +230,7 @@ def test_start_rounds_late_sharers_only_among_sharers() -> None:
     users = np.repeat(np.arange(10), 3)
     mask = np.zeros(30, dtype=bool)
     mask[: 3 * 8] = True  # users 0..7 share, 8 and 9 do not
-    cfg = {"policy": "fixed", "ratio": 0.5, "late_fraction": 0.5, "late_rounds": [4, 6]}
+    cfg = sharing_cfg("fixed", ratio=0.5, late_fraction=0.5, late_rounds=[4, 6])
     start = draw_start_rounds(cfg, mask, users, 10, np.random.default_rng(0))
     assert start[8] == start[9] == NEVER
     assert (start[:8] == 1).sum() == 4 and set(start[:8][start[:8] > 1].tolist()) <= {4, 5, 6}
@@ -241,4 +243,4 @@ def test_bad_late_rounds_are_named(late) -> None:
     with pytest.raises(ValueError, match="sharing.late_rounds"):
         from fedshare.data.sharing import validate_config
 
-        validate_config({"policy": "fixed", "ratio": 0.5, "late_rounds": late})
+        validate_config(sharing_cfg("fixed", ratio=0.5, late_rounds=late))

@@ -12,8 +12,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from fedshare.unlearning.contrastive import SnapshotRecorder
 from fedshare.unlearning.snapshots import SnapshotError, SnapshotStore, snapshot_rounds
-from lightning_modules.snapshots import SnapshotCallback
+from lightning_modules.recording import RecorderCallback
 
 # -- snapshot_rounds ---------------------------------------------------------------------
 
@@ -234,7 +235,7 @@ def test_save_rejects_bad_input(tmp_path: Path) -> None:
         s.save(1, {"x": [1.0]})
 
 
-# -- SnapshotCallback --------------------------------------------------------------------
+# -- SnapshotRecorder in the RecorderCallback --------------------------------------------------------------------
 
 
 class Dummy(pl.LightningModule):
@@ -270,7 +271,7 @@ def test_callback_saves_exactly_the_chosen_rounds(tmp_path: Path) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[SnapshotCallback(store, [4, 0, 2])],
+        callbacks=[RecorderCallback([SnapshotRecorder(store, [4, 0, 2])])],
     )
     trainer.fit(module, DataLoader([0], batch_size=1))
     assert store.rounds() == [0, 2, 4]
@@ -285,7 +286,7 @@ def test_callback_saves_exactly_the_chosen_rounds(tmp_path: Path) -> None:
 
 def test_callback_skips_resume_and_sanity_check(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path)
-    cb = SnapshotCallback(store, [0, 3])
+    cb = RecorderCallback([SnapshotRecorder(store, [0, 3])])
     module = Dummy()
     trainer = SimpleNamespace(sanity_checking=False, fast_dev_run=False, current_epoch=2, logger=None)
     cb.on_train_start(trainer, module)  # resumed at round 2: round 0 was saved by the first run
@@ -308,7 +309,7 @@ def test_callback_logs_wandb_artifact(tmp_path: Path) -> None:
     run = SimpleNamespace(id="run42", log_artifact=logged.append)
     logger = WandbLogger(experiment=run)  # an existing run: nothing is started
     trainer = SimpleNamespace(sanity_checking=False, fast_dev_run=False, current_epoch=0, logger=logger)
-    SnapshotCallback(store, [0]).on_train_end(trainer, Dummy())
+    RecorderCallback([SnapshotRecorder(store, [0])]).on_train_end(trainer, Dummy())
     assert len(logged) == 1
     assert logged[0].name == "snapshots-run42" and logged[0].type == "snapshots"
     assert sorted(logged[0].manifest.entries) == ["manifest.json", "snapshot-r00000.safetensors"]

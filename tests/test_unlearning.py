@@ -21,7 +21,7 @@ from fedshare import train as train_mod
 from fedshare import unlearn as unlearn_mod
 from fedshare.config import ConfigError, compose
 from fedshare.graph.shared_graph import SharedGraph
-from fedshare.unlearning.methods import auc, forget_hits
+from fedshare.unlearning.judge import auc, forget_hits
 from fedshare.unlearning.phase import ENV_KILL_AT_REQUEST
 from fedshare.unlearning.requests import read_requests_csv
 from tests.conftest import TINY
@@ -254,6 +254,42 @@ def _never_shared_body(folder: Path) -> str:
     user = 0
     item = next(i for i in range(120) if (user, i) not in shared)
     return f"user,item\n{user},{item}\n"
+
+
+def _tree(folder: Path) -> dict[str, tuple[str, int, str]]:
+    """Every folder and file under ``folder``: kind, size, sha256 (empty for folders)."""
+    return {
+        str(p.relative_to(folder)): (
+            ("file", p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+            if p.is_file()
+            else ("dir", 0, "")
+        )
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def test_a_refused_request_file_leaves_a_learning_only_run_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """No ledger, no unlearn/ folder: a refused file must not create them (nor anything else)."""
+    folder = tmp_path / "run"
+    learn = [*TINY, "experiment=fedshare", "fed.rounds=3", "eval.every=3", "logger=none"]
+    train_mod.train(compose([*learn, "unlearn.methods=[]", f"paths.output_dir={folder}"]))
+    assert not (folder / "unlearn").exists()
+    ckpt = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    shared = {tuple(e) for e in ckpt["server_graph"]["edges"].tolist()}
+    user, item = next((u, i) for u in range(60) for i in range(120) if (u, i) not in shared)
+    before = _tree(folder)
+    for body, message in [
+        ("user,item\n1,2\n3;4\n", r"bad\.csv:3"),  # a malformed line
+        (f"user,item\n{user},{item}\n", r"bad\.csv:2.*never shared"),  # a pair never shared
+    ]:
+        bad = tmp_path / "bad.csv"
+        bad.write_text(body)
+        code = unlearn_mod.main([f"run_dir={folder}", f"requests={bad}", "method=delete_only"])
+        assert code == 2
+        assert re.search(message, capsys.readouterr().err)
+        assert _tree(folder) == before  # byte for byte: no new file, no new folder
 
 
 def test_requests_from_a_file_then_a_repeat_is_a_no_op(run: Path, tmp_path: Path) -> None:

@@ -3,19 +3,21 @@
 ``|S_u| = round(r_u · |D_u|)`` (round half up), chosen at random (seeded) or most recent first;
 ``L_u = D_u \\ S_u`` never leaves the device. Only training interactions are ever shared.
 
-The config is the ``sharing`` group (``cfg.sharing``, a DictConfig or a plain dict):
+The config is the ``sharing`` group (``cfg.sharing``, a DictConfig or a plain dict), as
+``configs/sharing/<policy>.yaml`` holds it: every key the policy reads must be there (the
+defaults live in those files only; a missing key raises ``ValueError`` naming it):
 
 - ``policy`` (str) ``fixed`` | ``uniform`` | ``beta`` | ``segments``
 - ``ratio`` (float in [0, 1]) ``fixed``: every user's ratio
-- ``low``, ``high`` (float in [0, 1], default 0, 1) ``uniform``: ratios ~ U[low, high)
+- ``low``, ``high`` (float in [0, 1]) ``uniform``: ratios ~ U[low, high)
 - ``a``, ``b`` (float > 0) ``beta``: ratios ~ Beta(a, b)
 - ``none``, ``full`` (float in [0, 1], sum <= 1) ``segments``: share of users sharing nothing /
   everything; the others are partial with a ratio in the open interval
-  (``partial_low``, ``partial_high``) (floats in [0, 1], default 0, 1)
-- ``selection`` (str, default ``random``) ``random`` | ``recent``: which interactions are shared
-- ``late_fraction`` (float in [0, 1], default 0) share of the sharing users who start sharing
-  later; ``late_rounds`` ([first, last], 1-based, default [10, 30]): the round they start at is
-  drawn uniformly in that range. Everyone else shares from round 1.
+  (``partial_low``, ``partial_high``) (floats in [0, 1])
+- ``selection`` (str) ``random`` | ``recent``: which interactions are shared
+- ``late_fraction`` (float in [0, 1]) share of the sharing users who start sharing later;
+  ``late_rounds`` ([first, last], 1-based): the round they start at is drawn uniformly in that
+  range. Everyone else shares from round 1.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from fedshare.data.interactions import InteractionData, UserCSR
+from fedshare.data.datasets import load_dataset
+from fedshare.data.interactions import InteractionData, UserCSR, to_csr
+from fedshare.seeding import numpy_generator
 
 POLICIES = ("fixed", "uniform", "beta", "segments")
 SELECTIONS = ("random", "recent")
@@ -39,20 +43,11 @@ TIMED_DATASETS = (
 )
 GROUP_NAMES = ["0", "(0,0.5]", "(0.5,1)", "1"]
 
-_DEFAULTS: dict[str, Any] = {
-    "low": 0.0,
-    "high": 1.0,
-    "partial_low": 0.0,
-    "partial_high": 1.0,
-    "selection": "random",
-    "late_fraction": 0.0,
-    "late_rounds": (10, 30),
-}
 NEVER = -1  # start round of a user who shares nothing
 
 
 def _get(cfg: Mapping[str, Any], key: str, policy: str | None = None) -> Any:
-    value = cfg.get(key, _DEFAULTS.get(key))
+    value = cfg.get(key)  # None: absent (or null), reported below
     if value is None and "sharing" in cfg:
         raise ValueError(
             f"sharing.{key} is missing: pass the sharing group (cfg.sharing), not the whole config"
@@ -147,7 +142,7 @@ def draw_ratios(cfg: Mapping[str, Any], n_users: int, rng: np.random.Generator) 
         return np.full(n_users, float(cfg.get("ratio")), dtype=np.float64)
     if policy == "uniform":
         low, high = float(_get(cfg, "low")), float(_get(cfg, "high"))
-        return np.clip(rng.uniform(low, high, n_users), low, high)
+        return rng.uniform(low, high, n_users)
     if policy == "beta":
         return rng.beta(float(cfg.get("a")), float(cfg.get("b")), n_users).astype(np.float64)
 
@@ -306,10 +301,6 @@ class Partition:
 
 def partition(cfg: Any) -> Partition:
     """Load ``cfg.data``, split it, draw every user's ratio, shared part and start round."""
-    from fedshare.data.datasets import load_dataset
-    from fedshare.data.interactions import to_csr
-    from fedshare.seeding import numpy_generator
-
     data = load_dataset(cfg.data, seed=cfg.seed)
     n_users, n_items = data.n_users, data.n_items
     train = to_csr(data.train, n_users, n_items)

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fedshare.data.interactions import gather_rows
+
 METRIC_NAMES = ("recall", "ndcg", "hr")
 
 
@@ -63,8 +65,6 @@ def topk_hits(scores: Tensor, target_rows: Tensor, target_cols: Tensor, k: int) 
 
 def rows_of(indptr: Tensor, items: Tensor, users: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The CSR rows of ``users``: (batch position of each entry, item id, entries per user)."""
-    from fedshare.data.interactions import gather_rows
-
     new_indptr, cols = gather_rows(indptr, items, users)
     counts = new_indptr.diff()
     rows = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), counts)

@@ -13,16 +13,19 @@ out from then on: its users are skipped, the run goes on with the other nodes, a
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from fedshare.atomic import replace_file, write_json
+from fedshare.config import compose_saved
 from fedshare.flower.node import Node
 from fedshare.flower.strategy import FedShareStrategy, check_reply, setup_content
 
@@ -90,18 +93,12 @@ def wait_for_nodes(grid: Any, n: int, timeout: float) -> list[int]:
         time.sleep(0.2)
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, allow_nan=True) + "\n")
-    tmp.replace(path)
-
-
 def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
     """The whole run on ``grid``; returns (and writes) the run's metrics."""
+    # the server's side (Lightning, DGL): a ClientApp process, which imports this module too, never loads it
     from fedshare.config import to_yaml
+    from fedshare.run import driver
     from fedshare.run.build import new_model
-    from fedshare.unlearning.phase import snapshot_dir
-    from fedshare.unlearning.snapshots import SnapshotStore, snapshot_rounds
 
     n = int(cfg.fed.nodes)
     rounds = int(cfg.fed.rounds)
@@ -133,16 +130,12 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
     strategy.absorb_setup(by_shard)  # every node read the same data; the shares of round 1
     _say(f"[fedshare] {n} nodes set up: {info['n_users']} users x {info['n_items']} items; {rounds} rounds")
 
-    methods = list(cfg.unlearn.methods or [])
-    store, snap_rounds = None, []
-    if "contrastive" in methods:
-        store = SnapshotStore(snapshot_dir(run_dir))
-        snap_rounds = snapshot_rounds(_plain(cfg.unlearn.snapshots), rounds)
-        if 0 in snap_rounds:
-            store.save(0, module.snapshot_tensors())
-    val_split = "curve" if info["val_split"] == "test" else "valid"
+    recorders = driver.recorders(cfg, run_dir)  # the launcher admits only methods that run on Flower
+    for rec in recorders:
+        rec.start(module, 0)
+    val_split = str(info["val_split"])
     every = max(1, int(cfg.eval.every))
-    validate = (bool(info["has_valid"]) or val_split == "curve") and every <= rounds
+    validate = driver.validates(cfg, bool(info["has_valid"]), val_split)
     history: list[dict[str, float]] = []
     live = list(range(n))
     lost: dict[int, int] = {}  # shard -> the round it was lost (fed.rounds + 1: after training)
@@ -174,52 +167,47 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
 
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
+        for rec in recorders:
+            rec.before_round(r, module)
         logs = strategy.aggregate_fit(run("train", strategy.configure_fit(r, list(live)), str(r)))
-        if r in snap_rounds:
-            store.save(r, module.snapshot_tensors())
+        for rec in recorders:
+            rec.after_round(r, module)
         line = (
             f"[fedshare] round {r}/{rounds}: loss {logs['train/loss']:.4f}, {time.perf_counter() - t0:.2f} s"
         )
         if validate and r % every == 0:
-            prefix = "curve/test" if val_split == "curve" else "val"
-            values = {f"{prefix}/{k}": v for k, v in evaluate(val_split, str(r)).items()}
+            prefix = driver.history_prefix(val_split)
+            split = "curve" if val_split == "test" else "valid"  # the nodes' name of the split
+            values = {f"{prefix}/{k}": v for k, v in evaluate(split, str(r)).items()}
             history.append({"round": r, **values})
-            _write_json(run_dir / "history.json", {"val": history})
+            driver.write_history(run_dir, history)
             key = f"{prefix}/recall@{max(module.ks)}"
             line += f", {key} {values.get(key, float('nan')):.4f}"
         _say(line)
         if r % int(cfg.checkpoint.every) == 0 and r < rounds:  # the last round's: after the test, below
             save_server(run_dir, strategy, r, history)
         round_s.append(time.perf_counter() - t0)  # the whole round as the server waits for it
-        _write_json(run_dir / "flower" / "rounds.json", {"round_s": round_s})
+        write_json(run_dir / "flower" / "rounds.json", {"round_s": round_s})
+    for rec in recorders:
+        rec.close(module)
     test = {f"test/{k}": v for k, v in evaluate("test", "test").items()}
-    metrics = dict(test)  # what the in-process run's metrics.json holds
-    metrics["rounds_done"] = float(rounds)
-    if history:
-        metrics.update({k: v for k, v in history[-1].items() if k != "round"})
-    metrics.update({f"flower/lost_shard/{k}": float(r) for k, r in lost.items()})
-    metrics = {k: metrics[k] for k in sorted(metrics)}
-    _write_json(run_dir / "metrics.json", metrics)
+    lost_at = {f"flower/lost_shard/{k}": float(r) for k, r in lost.items()}
+    metrics = driver.run_metrics(test, rounds, history, lost_at)  # what the in-process run's holds
+    driver.write_metrics(run_dir, metrics)
     finish = {k: RecordDict({"config": ConfigRecord({"action": "finish"})}) for k in live}
     run("finish", finish, "finish")
     save_server(run_dir, strategy, rounds, history)
-    if methods:
-        metrics.update(unlearn_on_nodes(cfg, strategy, run_dir, methods, run, live))
+    metrics.update(unlearn_on_nodes(cfg, strategy, run_dir, run, live))
     return metrics
 
 
-def unlearn_on_nodes(
-    cfg: Any, strategy: FedShareStrategy, run_dir: Path, methods: list[str], run, live
-) -> dict:
+def unlearn_on_nodes(cfg: Any, strategy: FedShareStrategy, run_dir: Path, run, live) -> dict:
     """The unlearning phase of `fedshare.unlearn` with the clients on the nodes: the server
     deletes the pairs from its stores and runs the method on its own tables; the nodes move
     the pairs to their local data and judge every model (ranking needs the clients' rows)."""
-    from types import SimpleNamespace
-
-    import torch
-
-    from fedshare.unlearning.methods import auc, forget_hits
-    from fedshare.unlearning.phase import unlearn_phase
+    # the server's side (Lightning, torchmetrics), as in serve()
+    from fedshare.run import driver
+    from fedshare.unlearning.judge import auc, forget_hits
 
     module = strategy.module
     graph = module.server.graph
@@ -250,22 +238,13 @@ def unlearn_on_nodes(
         out["mia/auc"] = auc(member, other)
         return out
 
-    _say(f"[fedshare] unlearning on the server with {', '.join(methods)}; judged on the nodes")
-    return unlearn_phase(cfg, module, data, run_dir, None, methods, judge_fn=judge, on_deleted=notify)
-
-
-def _plain(value: Any) -> Any:
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    return OmegaConf.to_container(value) if isinstance(value, ListConfig | DictConfig) else value
+    if driver.methods(cfg):
+        _say(f"[fedshare] unlearning on the server with {', '.join(driver.methods(cfg))}; judged on the nodes")
+    return driver.unlearn(cfg, module, data, run_dir, None, judge_fn=judge, on_deleted=notify)
 
 
 def save_server(run_dir: Path, strategy: FedShareStrategy, round_: int, history: list) -> None:
     """The server's whole state (no client rows): ``checkpoints/server.ckpt``."""
-    import torch
-
-    from fedshare.atomic import replace_file
-
     module = strategy.module
     server = module.server
     state = {
@@ -286,8 +265,6 @@ server_app = ServerApp()
 
 @server_app.main()
 def server_main(grid: Grid, context: Context) -> None:
-    from fedshare.config import compose_saved
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP call otherwise
     run_dir = Path(str(context.run_config["run-dir"]))

@@ -32,7 +32,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+import psutil
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file
+
+from fedshare import __version__
+from fedshare.atomic import replace_file, write_text
+from fedshare.config import ConfigError, compose
+from fedshare.data.readers import DatasetError
+from fedshare.federated.fedmf import round_purpose
+from fedshare.reporting.unlearning_page import log_wandb
+from fedshare.run import driver
+from fedshare.run.folder import RunFolderError, run_dir_for
+from fedshare.run.logger import build_logger
+from fedshare.unlearning.registry import names
 
 log = logging.getLogger("fedshare.flower")
 
@@ -46,7 +60,6 @@ FLOWER_ENV = {
     "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
 }
 CONNECTION = "fedshare"  # the connection's name in $FLWR_HOME/config.toml
-FLOWER_METHODS = ("contrastive", "delete_only")  # unlearning methods that need no client rounds
 
 APP_TOML = """[build-system]
 requires = ["hatchling"]
@@ -117,8 +130,6 @@ def _bin(name: str) -> str:
 def processes_with_home(home: Path) -> list[int]:
     """Pids of every process whose environment has ``FLWR_HOME=home``: everything this
     launcher started, and their children (they inherit it)."""
-    import psutil
-
     found = []
     for proc in psutil.process_iter(["pid"]):
         if proc.pid == os.getpid():
@@ -165,9 +176,7 @@ class FlowerLaunch:
         self._write_files()
 
     def _write_files(self) -> None:
-        from fedshare import __version__
-
-        (self.app / "pyproject.toml").write_text(APP_TOML.format(version=__version__))
+        write_text(self.app / "pyproject.toml", APP_TOML.format(version=__version__))
         tls = bool(self.external and self.cfg.flower.tls)  # here: 127.0.0.1 only, no TLS
         lines = [
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]',
@@ -178,7 +187,7 @@ class FlowerLaunch:
             lines.append(
                 f'root-certificates = "{Path(self.cfg.flower.root_certificates).expanduser().absolute()}"'
             )
-        (self.home / "config.toml").write_text("\n".join(lines) + "\n")
+        write_text(self.home / "config.toml", "\n".join(lines) + "\n")
 
     # ---- processes -------------------------------------------------------------------------------
     def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -375,18 +384,14 @@ def join_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
     """``checkpoints/last.ckpt`` in the format ``python -m fedshare.train`` writes, from the
     server's state and the nodes' client rows (written on their own disks, here all in
     ``flower/nodes/``). Loadable with ``FedShareModule.load_from_checkpoint``."""
+    # the model's module (Lightning, DGL): the launcher loads it only to join, after the run
     import pytorch_lightning as pl
-    import torch
-    from safetensors.torch import load_file
 
-    from fedshare.atomic import replace_file
-    from fedshare.federated.fedmf import round_purpose
+    from fedshare.run.build import new_model
 
     server = torch.load(run_dir / "checkpoints" / "server.ckpt", weights_only=False)
     hp = dict(server["hyper_parameters"])
     state = {f"server.{k}": v for k, v in server["server"].items()}
-    from fedshare.run.build import new_model
-
     module = new_model(cfg, hp["n_users"], hp["n_items"])
     user_emb = module.clients.user_emb.clone()
     client_gens = {}
@@ -420,36 +425,30 @@ def join_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
 def log_to_wandb(cfg: DictConfig, run_dir: Path, metrics: dict[str, float]) -> None:
     """The finished run into W&B (``logger``; offline by default, files in the run folder), as
     ``python -m fedshare.train`` logs it: every validation, the summary, the unlearning table."""
-    from fedshare.run.logger import build_logger
-
     logger = build_logger(cfg, run_dir)
     if logger is None:
         return
-    import wandb
+    import wandb  # W&B only when the run logs to it
 
     try:
         run = logger.experiment
         history = (
-            json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else {}
+            json.loads((run_dir / driver.HISTORY_FILE).read_text()) if (run_dir / driver.HISTORY_FILE).exists() else {}
         )
         for entry in history.get("val", []):
             run.log({k: v for k, v in entry.items() if k != "round"}, step=int(entry["round"]))
         run.summary.update({**metrics, "flower/nodes": int(cfg.fed.nodes)})
         if any(k.startswith("unlearn/") for k in metrics):
-            from fedshare.reporting.unlearning_page import log_wandb
-
             log_wandb(run, metrics, int(cfg.unlearn.k))
     finally:
         wandb.finish()
 
 
 def absolute_paths(cfg: DictConfig) -> DictConfig:
-    """Relative ``data.root`` and ``unlearn.requests.file`` made absolute (from where the launcher
-    was started): the ServerApp and the nodes run in other folders."""
-    from omegaconf import OmegaConf
-
+    """Relative ``data.root``, ``data.path`` and ``unlearn.requests.file`` made absolute (from where
+    the launcher was started): the ServerApp and the nodes run in other folders."""
     changes = {}
-    for key in ("data.root", "unlearn.requests.file"):
+    for key in ("data.root", "data.path", "unlearn.requests.file"):
         value = OmegaConf.select(cfg, key)
         if value and not Path(str(value)).expanduser().is_absolute():
             changes[key] = str(Path(str(value)).expanduser().absolute())
@@ -476,18 +475,16 @@ def compose_args(argv: list[str]) -> list[str]:
 
 
 def launch(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
-    from fedshare.config import save
-    from fedshare.reporting.tables import report_run
-    from fedshare.run.folder import RunFolderError, run_dir_for
 
     if cfg.model.name != "fedshare":
         raise LaunchError(f"python -m fedshare.flower runs model=fedshare; got model={cfg.model.name}")
     if cfg.resume:
         raise LaunchError("resume=true is not supported on Flower yet: start a new run")
-    other = [m for m in cfg.unlearn.methods or [] if m not in FLOWER_METHODS]
+    flower_methods = names(on_flower=True)  # the registry's methods that need no client rounds
+    other = [m for m in cfg.unlearn.methods or [] if m not in flower_methods]
     if other:
         raise LaunchError(
-            f"unlearn.methods={list(cfg.unlearn.methods)}: on Flower the server runs {', '.join(FLOWER_METHODS)} "
+            f"unlearn.methods={list(cfg.unlearn.methods)}: on Flower the server runs {', '.join(flower_methods)} "
             "(the others retrain or replay clients). retrain and finetune: learn on Flower without them, then "
             "run them in-process on the joined checkpoint (python -m fedshare.unlearn run_dir=RUN "
             "'methods=[retrain]'); fedEraser and fru replay histories only an in-process run records"
@@ -497,15 +494,13 @@ def launch(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
         raise RunFolderError(f"{run_dir} already holds a run; pick another paths.output_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = absolute_paths(cfg)
-    save(cfg, run_dir / "config.yaml")
-    if command:
-        (run_dir / "command.txt").write_text(command + "\n")
+    driver.write_config(cfg, run_dir, command)
     t0 = time.perf_counter()
     with FlowerLaunch(cfg, run_dir) as fl:
         fl.start()
         fl.run_app()
     seconds = time.perf_counter() - t0
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = driver.read_metrics(run_dir)
     lost = sorted(k.rsplit("/", 1)[1] for k in metrics if k.startswith("flower/lost_shard/"))
     if lost:
         log.warning(
@@ -517,14 +512,11 @@ def launch(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
         join_checkpoint(run_dir, cfg)
     log_to_wandb(cfg, run_dir, metrics)
     title = f"fedshare on {cfg.data.name}, Flower, {int(cfg.fed.nodes)} SuperNodes, {seconds:.1f} s"
-    report_run(title, metrics, cfg, run_dir)
+    driver.report(cfg, metrics, run_dir, title=title)
     return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fedshare.config import ConfigError, compose
-    from fedshare.data.readers import DatasetError
-    from fedshare.run.folder import RunFolderError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = sys.argv[1:] if argv is None else argv

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_file
 
+from fedshare.atomic import replace_file
 from fedshare.data.interactions import UserCSR
 from fedshare.eval.ranking import RankingSums, update_ranking
 from fedshare.federated.fedmf import shard_of
@@ -110,7 +112,7 @@ class Node:
         if cfg.data.format != "synthetic":
             locate_files(cfg.data, download=True)
         parts = partition(cfg)
-        curve = not parts.valid.items.size and cfg.eval.get("curve", False)  # as the data module's val_split
+        curve = not parts.valid.items.size and cfg.eval.curve  # as the data module's val_split
         self.data = node_data(parts, shard, self.nodes, "test" if curve else "valid")
         del parts  # the other shards' rows go now
         model = OmegaConf.to_container(cfg.model, resolve=True)
@@ -126,7 +128,7 @@ class Node:
             for name in ("train", "valid", "test")
         }
         self.share_group = torch.from_numpy(self.data.share_group)
-        self.ks, self.beta = [int(k) for k in cfg.eval.ks], float(model.get("beta", 0.0))
+        self.ks, self.beta = [int(k) for k in cfg.eval.ks], float(model["beta"])
         self.users = torch.nonzero(shard_of(torch.arange(self.data.n_users), self.nodes) == shard).squeeze(1)
         self.gen = self.clients.round_gens[shard]
 
@@ -207,7 +209,7 @@ class Node:
     def evaluate(self, content: RecordDict) -> RecordDict:
         """Ranking metrics (sums and counts) of the node's users; with a ``judge`` record also of
         its revoking users, and the server-side scores of their held-out pairs (the membership
-        attack of `fedshare.unlearning.methods.mia_auc`, whose other half the server computes)."""
+        attack of `fedshare.unlearning.judge.mia_auc`, whose other half the server computes)."""
         split = str(content["config"]["split"])
         target, history = {"valid": ("valid", ("train",)), "test": ("test", ("train", "valid"))}.get(
             split, ("test", ("train", "valid"))
@@ -264,10 +266,6 @@ class Node:
         """Writes the node's clients' rows to ``out-dir`` (the node's own disk)."""
         written = ""
         if out_dir:
-            from safetensors.torch import save_file
-
-            from fedshare.atomic import replace_file
-
             path = Path(out_dir) / f"clients-{self.shard}.safetensors"
             path.parent.mkdir(parents=True, exist_ok=True)
             tensors = {

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from fedshare.data.interactions import UserCSR
 from fedshare.federated.fedmf import shard_of
+from fedshare.federated.fedshare import round_logs
 from fedshare.flower.payload import from_record, slice_views, to_record, upload_from, views_record
 
 # what a node may send back, per message kind (record name -> allowed keys)
@@ -151,8 +152,6 @@ class FedShareStrategy:
 
     def aggregate_fit(self, replies: dict[int, RecordDict]) -> dict[str, float]:
         """Adds up the replies (in shard order), FedAvg, the graph step; the round's logs."""
-        from fedshare.federated.fedshare import round_logs
-
         n_items, dim = self.server.item_emb.shape
         upload, sums = None, {"bpr_sum": 0.0, "bpr_steps": 0, "cl_sum": 0.0, "cl_steps": 0}
         for k in sorted(replies):

@@ -34,6 +34,7 @@ documented definition the tests compare against, not meant for training.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Sequence
 
@@ -504,9 +505,6 @@ def bench_propagate(
     both sides time propagation only (one warm-up run each is not timed). ``threads`` binds DGL
     too: DGL's kernels run on the libgomp that torch loaded first, so they share its setting.
     """
-    import time
-    import warnings
-
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

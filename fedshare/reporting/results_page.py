@@ -1,18 +1,7 @@
-"""Results page: ``python -m fedshare.results [--datasets A,B] [--seeds 0,1,2] [-- key=value ...]``.
+"""The results page (``docs/RESULTS.md``): the campaign's plan, its runs, and the page from their metrics.
 
-Trains every method on every dataset with every seed, one ``python -m fedshare.train``
-subprocess per run, then writes the page (``docs/RESULTS.md``) and ``RUNS_ROOT/results.json``
-from the runs' ``metrics.json`` files: no number on the page is typed by hand.
-
-Runs go to ``RUNS_ROOT/<dataset>/<method>/seed<N>``, each with its output in ``seed<N>.log`` and
-its command, exit status, wall time and machine in ``seed<N>.run.json`` next to the folder.
-A run whose folder holds ``metrics.json`` is reused, so a long campaign is continued by running
-the same command again. The leftovers of an unfinished attempt (folder without ``metrics.json``,
-log) are renamed ``...-incomplete-<time>`` and the run starts over; nothing is deleted.
-A failed run is reported and the others go on; the exit status is 1 if any failed.
-One campaign per runs root at a time: a second one would take the first one's runs for killed ones.
-
-``--dry-run`` prints what would run; ``--collect-only`` only reads the finished runs.
+What runs where and how a campaign is continued: ``python -m fedshare.results --help``
+(`fedshare.results`, the entry point). No number on the page is typed by hand.
 """
 
 from __future__ import annotations
@@ -33,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from fedshare.atomic import write_json
 from fedshare.config import ConfigError, compose, config_dir
 from fedshare.data.sharing import GROUP_NAMES
 
@@ -153,7 +143,7 @@ def train_command(overrides: list[str], seeds: list[int] | None = None) -> str:
 
 
 def machine() -> str:
-    import torch
+    import torch  # torch only to name the machine: the campaign itself runs in subprocesses
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
@@ -167,13 +157,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 # where the files are and which device ran the run decide no number: the same run may be read
@@ -254,7 +237,7 @@ def execute(run: Run) -> Outcome:
         "started": started.isoformat(timespec="seconds"),
         "machine": machine(),
     }
-    _write_atomic(run.record, json.dumps(record, indent=2) + "\n")
+    write_json(run.record, record)
     if code != 0:
         return Outcome(run, "failed", f"exit {code} after {wall:.1f} s")
     if not (run.folder / "metrics.json").is_file():

@@ -29,15 +29,19 @@ import platform
 import re
 import shlex
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-METHODS = ["contrastive", "retrain", "fedEraser", "fru", "finetune", "delete_only"]
-REFERENCE = "retrain"
+import yaml
+
+from fedshare.unlearning.registry import REFERENCE, names
+from fedshare.unlearning.registry import label as method_label
+
+METHODS = names()  # the registry's order
 BEFORE = "before (learned)"
 METRICS_FILE = "metrics.json"
 BEFORE_AFTER_PNG = "unlearning_before_after.png"
@@ -107,7 +111,7 @@ def comparison_rows(metrics: Mapping[str, Any], k: int | None = None) -> tuple[l
     """
     k = detect_k(metrics) if k is None else k
     rows: list[list] = [[BEFORE, *_row(metrics, "learn", k, costs=False)]]
-    rows += [[m, *_row(metrics, f"unlearn/{m}", k, costs=True)] for m in unlearning_methods(metrics)]
+    rows += [[method_label(m), *_row(metrics, f"unlearn/{m}", k, costs=True)] for m in unlearning_methods(metrics)]
     return columns(k), rows
 
 
@@ -164,15 +168,15 @@ def _require_methods(metrics: Mapping[str, Any]) -> list[str]:
 
 
 def _emphasize_reference(ax: Any) -> None:
-    for label in ax.get_xticklabels():
-        if label.get_text() == REFERENCE:
-            label.set_fontweight("bold")
+    for tick in ax.get_xticklabels():
+        if tick.get_text() == REFERENCE:
+            tick.set_fontweight("bold")
 
 
 def plot_before_after(metrics: Mapping[str, Any], path: str | Path, k: int | None = None) -> Path:
     """Two panels: test and revoking-users Recall@K per method after unlearning (the learned model's
     levels as dashed lines), and forget Hit@K and MIA AUC per method (retrain highlighted)."""
-    import matplotlib
+    import matplotlib  # only when a figure is drawn (a run without unlearning never loads it)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -193,7 +197,7 @@ def plot_before_after(metrics: Mapping[str, Any], path: str | Path, k: int | Non
             before = _value(metrics, f"learn/{split}/recall@{k}")
             if before is not None:
                 left.axhline(before, color=color, linestyle="--", linewidth=1.2, label=f"{label}, before")
-        left.set_xticks(x, methods, rotation=20, ha="right")
+        left.set_xticks(x, [method_label(m) for m in methods], rotation=20, ha="right")
         left.set_ylabel(f"Recall@{k}")
         left.set_title("Recommendation quality after unlearning")
         left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
@@ -223,7 +227,7 @@ def plot_before_after(metrics: Mapping[str, Any], path: str | Path, k: int | Non
                     label=f"{label.split(' (')[0]}, before",
                 )
         right.axhline(0.5, color="gray", linestyle=":", linewidth=1, label="AUC 0.5 (chance)")
-        right.set_xticks(x, methods, rotation=20, ha="right")
+        right.set_xticks(x, [method_label(m) for m in methods], rotation=20, ha="right")
         _emphasize_reference(right)
         right.set_ylim(0, 1.05)
         title = "Forgetting (hatched: retrain, the reference)" if REFERENCE in methods else "Forgetting"
@@ -239,7 +243,7 @@ def plot_before_after(metrics: Mapping[str, Any], path: str | Path, k: int | Non
 
 def plot_storage(metrics: Mapping[str, Any], path: str | Path) -> Path:
     """Two panels: storage_bytes per method (log scale when it spans over 100x) and time_s per method."""
-    import matplotlib
+    import matplotlib  # only when a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -260,7 +264,7 @@ def plot_storage(metrics: Mapping[str, Any], path: str | Path) -> Path:
             else:
                 left.set_yscale("log", base=1024)
         left.bar_label(bars, labels=[human_bytes(v) if v is not None else "" for v in storage], fontsize=7)
-        left.set_xticks(x, methods, rotation=20, ha="right")
+        left.set_xticks(x, [method_label(m) for m in methods], rotation=20, ha="right")
         _emphasize_reference(left)
         left.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v)))
         scale = "" if left.get_yscale() == "linear" else " (log scale)"
@@ -269,7 +273,7 @@ def plot_storage(metrics: Mapping[str, Any], path: str | Path) -> Path:
 
         bars = right.bar(x, [_nan(v) for v in times], color=colors)
         right.bar_label(bars, labels=[f"{v:.2f} s" if v is not None else "" for v in times], fontsize=7)
-        right.set_xticks(x, methods, rotation=20, ha="right")
+        right.set_xticks(x, [method_label(m) for m in methods], rotation=20, ha="right")
         _emphasize_reference(right)
         right.set_ylabel("seconds")
         right.set_title("Unlearning time per method")
@@ -320,7 +324,7 @@ def log_wandb(run: Any, metrics: Mapping[str, Any], k: int | None = None) -> dic
     Each chart has its own two-column table (method, metric) holding the rows with a value.
     Returns what was logged.
     """
-    import wandb
+    import wandb  # W&B only for a run that logs to it
 
     cols, rows = comparison_rows(metrics, k)
     logged: dict[str, Any] = {"unlearn/comparison": wandb.Table(columns=cols, data=[list(r) for r in rows])}
@@ -489,8 +493,6 @@ def markdown_table(metrics: Mapping[str, Any], k: int | None = None) -> str:
 
 def read_config(run_dir: str | Path) -> dict[str, Any] | None:
     """``run_dir/config.yaml`` as a plain mapping; ``None`` when absent or unreadable."""
-    import yaml
-
     file = Path(run_dir) / CONFIG_FILE
     try:
         cfg = yaml.safe_load(file.read_text())
@@ -583,8 +585,6 @@ def run_section(run_dir: str | Path, metrics: Mapping[str, Any], page: Path, k: 
 def _torch_version() -> str:
     if "torch" in sys.modules:
         return str(sys.modules["torch"].__version__)
-    from importlib import metadata
-
     try:
         return metadata.version("torch")
     except metadata.PackageNotFoundError:
@@ -621,16 +621,3 @@ def render_page(
         "",
     ]
     return "\n".join(lines) + "\n" + "\n".join(run_section(d, m, page, k) for d, m in runs)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

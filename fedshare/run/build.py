@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -19,20 +20,31 @@ MODULES = {"fedmf": FedMFModule, "fedshare": FedShareModule, "lightgcn": LightGC
 FEDERATED = ("fedmf", "fedshare")
 
 
+def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """The keywords `new_model` passes to the module of ``cfg.model`` (after its sizes): every
+    key of the model group but ``name``, ``ks`` (``eval.ks``), ``seed`` (not the popularity
+    baseline's: it draws nothing), and ``cohort_fraction`` and ``nodes`` (``fed.*``) for the
+    federated models. The modules have no defaults for any of them: the YAML is the only copy."""
+    name = cfg.model.name
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
+    kwargs["ks"] = list(cfg.eval.ks)
+    if name != "popularity":
+        kwargs["seed"] = cfg.seed
+    if name in FEDERATED:
+        kwargs["cohort_fraction"] = cfg.fed.cohort_fraction
+        kwargs["nodes"] = int(cfg.fed.nodes)
+    return kwargs
+
+
 def new_model(cfg: DictConfig, n_users: int, n_items: int) -> pl.LightningModule:
     """The module of ``cfg.model``, initialised (the seed's draws), before any data is attached."""
-    m = cfg.model
-    ks = list(cfg.eval.ks)
-    if m.name == "popularity":
-        return PopularityModule(n_items, ks=ks)
-    if m.name in MODULES:
-        kwargs = {k: v for k, v in OmegaConf.to_container(m, resolve=True).items() if k != "name"}
-        if m.name in FEDERATED:
-            kwargs["cohort_fraction"] = cfg.fed.cohort_fraction
-            kwargs["nodes"] = int(cfg.fed.nodes)
-        return MODULES[m.name](n_users, n_items, seed=cfg.seed, ks=ks, **kwargs)
+    name = cfg.model.name
+    if name == "popularity":
+        return PopularityModule(n_items, **model_kwargs(cfg))
+    if name in MODULES:
+        return MODULES[name](n_users, n_items, **model_kwargs(cfg))
     # compose() validates model.name; this guards a new name added there but not here
-    raise ConfigError(f"model.name={m.name!r} has no module; accepted: popularity, {', '.join(MODULES)}")
+    raise ConfigError(f"model.name={name!r} has no module; accepted: popularity, {', '.join(MODULES)}")
 
 
 def build_model(cfg: DictConfig, dm: FederatedDataModule) -> pl.LightningModule:

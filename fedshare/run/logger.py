@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 def build_logger(cfg: DictConfig, run_dir: Path):
     if cfg.logger.name == "none" or cfg.trainer.fast_dev_run:
         return None
-    from pytorch_lightning.loggers import WandbLogger
+    from pytorch_lightning.loggers import WandbLogger  # W&B only for a run that logs to it
 
     # keep every W&B file inside the run folder, never in the home folder
     wandb_home = run_dir / "wandb"
@@ -22,7 +22,7 @@ def build_logger(cfg: DictConfig, run_dir: Path):
     ):
         os.environ.setdefault(var, str(wandb_home / sub))
     os.environ.setdefault("WANDB_SILENT", "true")
-    return WandbLogger(
+    logger = WandbLogger(
         project=cfg.logger.project,
         entity=cfg.logger.entity,
         group=cfg.logger.group or (cfg.choices.experiment or cfg.model.name),
@@ -32,3 +32,8 @@ def build_logger(cfg: DictConfig, run_dir: Path):
         tags=list(cfg.logger.tags),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
+    # Lightning always calls wandb.init(anonymous=None); W&B warns about any value of that
+    # deprecated setting ("The anonymous setting has no effect ..."). Left out, it is unset: the same.
+    if "anonymous" in logger._wandb_init and logger._wandb_init["anonymous"] is None:
+        del logger._wandb_init["anonymous"]
+    return logger

@@ -20,7 +20,6 @@ they took back, like their local data; no server code reads it).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import signal
@@ -31,7 +30,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fedshare.atomic import replace_file
-from fedshare.unlearning.methods import AVAILABLE, METHODS, UnlearnContext, folder_bytes, judge, run_method
+from fedshare.unlearning.context import UnlearnContext, folder_bytes
+from fedshare.unlearning.contrastive import snapshot_dir
+from fedshare.unlearning.history import ClientUpdates, HistoryStore
+from fedshare.unlearning.judge import judge
+from fedshare.unlearning.registry import METHODS, run_method, store_dir
 from fedshare.unlearning.requests import (
     RequestLedger,
     UnshareRequest,
@@ -45,31 +48,6 @@ from fedshare.unlearning.snapshots import SnapshotStore
 log = logging.getLogger(__name__)
 SERVER = "server"  # the ledger's name for the deletion from the server's stores
 ENV_KILL_AT_REQUEST = "FEDSHARE_FAULT_KILL_AT_REQUEST"
-
-
-def check_config(cfg: DictConfig) -> None:
-    """``unlearn.*`` keys: methods known and built, fractions in range (ValueError naming the key)."""
-    methods = list(cfg.unlearn.methods or [])
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"unlearn.methods: unknown method {m!r}; accepted: {', '.join(METHODS)}")
-        if m not in AVAILABLE:
-            raise ValueError(
-                f"unlearn.methods: {m!r} is not built yet (see the unlearning issue); available: "
-                f"{', '.join(AVAILABLE)}"
-            )
-    if len(set(methods)) != len(methods):
-        raise ValueError(f"unlearn.methods lists a method twice: {methods}")
-    if methods and cfg.model.name != "fedshare":
-        raise ValueError(
-            f"unlearn.methods needs model=fedshare (a server graph to unlearn), got model={cfg.model.name}; "
-            f"use experiment={cfg.model.name} or unlearn.methods=[] for learning only"
-        )
-
-
-def snapshot_dir(run_dir: Path) -> Path:
-    """The contrastive method's store: the learning phase's embedding snapshots."""
-    return run_dir / "unlearn" / "contrastive" / "snapshots"
 
 
 def _kill_if_asked(done: int) -> None:
@@ -185,7 +163,7 @@ def unlearn_phase(
 
     ``model`` is the learned FedShare module (its graph still holds the revoked edges);
     ``build(dm)`` makes a fresh module with the run's config (retrain). Returns the flat
-    ``learn/...`` and ``unlearn/<method>/...`` metrics; also writes them into metrics.json.
+    ``learn/...`` and ``unlearn/<method>/...`` metrics (the run driver puts them into metrics.json).
     On Flower (`fedshare.flower.apps`) the clients are elsewhere: ``judge_fn`` judges through
     the nodes and ``on_deleted(users, items)`` tells the devices which pairs are local again.
     """
@@ -221,7 +199,7 @@ def unlearn_phase(
     snapshots = SnapshotStore(snapshot_dir(run_dir)) if snapshot_dir(run_dir).exists() else None
     first = None
     for name in methods:
-        store = udir / name
+        store = store_dir(run_dir, name)
         ctx = UnlearnContext(
             learned=learned,
             dm=dm,
@@ -231,7 +209,7 @@ def unlearn_phase(
             options=dict(OmegaConf.to_container(ucfg[name], resolve=True)) if name in ucfg else {},
             store=store,
             build=build,
-            snapshots=snapshots if name == "contrastive" else None,
+            snapshots=snapshots if METHODS[name].uses_snapshots else None,
         )
         log.info("unlearning with %s ...", name)
         unlearned, seconds = run_method(name, ctx)
@@ -245,7 +223,6 @@ def unlearn_phase(
         first = first or unlearned
     if first is not None:
         scrub(run_dir, first, ledger, users, items)
-    _merge_metrics(run_dir / "metrics.json", metrics)
     return metrics
 
 
@@ -253,15 +230,13 @@ def scrub(
     run_dir: Path, unlearned, ledger: RequestLedger, revoked_u: torch.Tensor, revoked_i: torch.Tensor
 ) -> None:
     """Rewrites the server's files without the revoked pairs (module docstring)."""
-    from fedshare.run.checkpoints import AtomicCheckpointIO
-
     ckpt_path = run_dir / "checkpoints" / "last.ckpt"
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         ckpt["state_dict"] = {k: v.cpu() for k, v in unlearned.state_dict().items()}
         ckpt["server_graph"] = {k: v.cpu() for k, v in unlearned.server.graph.state().items()}
         ckpt["unlearned"] = True
-        AtomicCheckpointIO().save_checkpoint(ckpt, ckpt_path)
+        replace_file(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
     server_path = run_dir / "checkpoints" / "server.ckpt"  # a Flower run's server state
     if server_path.exists():
         state = torch.load(server_path, map_location="cpu", weights_only=False)
@@ -269,10 +244,8 @@ def scrub(
         state["server_graph"] = {k: v.cpu() for k, v in unlearned.server.graph.state().items()}
         state["unlearned"] = True
         replace_file(server_path, lambda tmp: torch.save(state, tmp))
-    eraser = run_dir / "unlearn" / "fedEraser"
+    eraser = store_dir(run_dir, "fedEraser")
     if eraser.exists():  # its server-side store holds each client's touched item rows
-        from fedshare.unlearning.baselines import ClientUpdates, HistoryStore
-
         history = HistoryStore(eraser)
         n_items = unlearned.server.graph.n_items
         gone_keys = torch.unique(revoked_u * n_items + revoked_i)
@@ -287,23 +260,3 @@ def scrub(
         for r in history.rounds():
             history.rewrite(r, drop_rows)
     ledger.compact()
-
-
-def _merge_metrics(path: Path, new: dict[str, float]) -> None:
-    """Puts this session's ``learn/`` and ``unlearn/`` keys into metrics.json.
-
-    A later session (more requests on a finished run) replaces the earlier session's keys as a
-    whole, so one file never mixes methods judged on different requests; the earlier keys move
-    to ``unlearn/sessions/<n>.json``."""
-    old = json.loads(path.read_text()) if path.exists() else {}
-    prior = {k: v for k, v in old.items() if k.startswith(("learn/", "unlearn/"))}
-    if prior:
-        sessions = path.parent / "unlearn" / "sessions"
-        sessions.mkdir(parents=True, exist_ok=True)
-        n = len(list(sessions.glob("*.json"))) + 1
-        text = json.dumps(prior, indent=2, sort_keys=True, allow_nan=True) + "\n"
-        replace_file(sessions / f"{n}.json", lambda tmp: tmp.write_text(text))
-    merged = {k: v for k, v in old.items() if k not in prior}
-    merged.update(new)
-    text = json.dumps(merged, indent=2, sort_keys=True, allow_nan=True) + "\n"
-    replace_file(path, lambda tmp: tmp.write_text(text))

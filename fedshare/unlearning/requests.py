@@ -313,6 +313,10 @@ class RequestLedger:
     fsync'd before the call returns, so what a call reported done survives a crash. A crash
     during a write leaves at most a torn last line; opening the ledger drops it (with a
     warning) and truncates the file back to its last complete line.
+
+    Opening a ledger that does not exist yet creates nothing: the file (and its folder) appear
+    with the first entry written, so a session whose requests are refused leaves the run
+    folder as it was.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -323,12 +327,8 @@ class RequestLedger:
         self._closed: dict[int, tuple[int, int]] = {}  # compacted requests: id -> (user, n_items)
         self._applied_entries: list[dict] = []  # as written, for compact()
         self._n_lines = 0
-        if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "ab") as f:
-                os.fsync(f.fileno())
-            fsync_dir(self.path.parent)
-        self._replay()
+        if self.path.exists():
+            self._replay()
 
     def _replay(self) -> None:
         data = self.path.read_bytes()
@@ -428,10 +428,15 @@ class RequestLedger:
                 lines.append(json.dumps(e, allow_nan=False))
             except (TypeError, ValueError) as err:
                 raise RequestError(f"ledger entry {e!r} is not JSON-serialisable: {err}") from None
+        created = not self.path.exists()
+        if created:  # the first entry: only now does the ledger exist on disk
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "ab") as f:
             f.write("".join(line + "\n" for line in lines).encode())
             f.flush()
             os.fsync(f.fileno())
+        if created:
+            fsync_dir(self.path.parent)  # the new file's name survives a crash too
         for e in entries:
             self._apply(e, f"{self.path}:{self._n_lines + 1}")
             self._n_lines += 1
