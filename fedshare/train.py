@@ -8,7 +8,6 @@ reads ``sys.argv``. A run writes into its folder: ``config.yaml``, ``metrics.jso
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import sys
 import warnings
@@ -32,12 +31,31 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+class _NoLightningTips(logging.Filter):
+    """Drops Lightning's advertising tips ('💡 Tip: ... install litlogger / litmodels')."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not (msg.startswith("💡 Tip:") and ("litlogger" in msg or "litmodels" in msg))
+
+
+_NO_TIPS = _NoLightningTips()
+# The logger Lightning's rank_zero_info writes to (lightning_utilities' rank_zero_module.log,
+# rebound by pytorch_lightning.utilities.rank_zero); the tips come from Trainer.__init__
+# (logger_connector: litlogger, callback_connector: litmodels). Every other message stays.
+_LIGHTNING_INFO_LOGGER = "pytorch_lightning.utilities.rank_zero"
+
+
 def quiet_library_noise() -> None:
     """Silence warnings that are about library internals, not about the run."""
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned `None`.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    os.environ.setdefault("POSSIBLE_USER_WARNINGS", "off")  # lightning's tips
+    # (POSSIBLE_USER_WARNINGS=off would not do it: Lightning reads it once, at import, which has
+    # happened by now, and it only turns off PossibleUserWarning warnings, not these log lines.)
+    tips = logging.getLogger(_LIGHTNING_INFO_LOGGER)
+    if _NO_TIPS not in tips.filters:
+        tips.addFilter(_NO_TIPS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -229,7 +229,8 @@ R0, R1, R2, R3 = (
 def test_ledger_add_is_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "run" / "unlearn" / "ledger.jsonl"
     ledger = RequestLedger(path)
-    assert path.exists() and ledger.requests() == {}
+    assert ledger.requests() == {} and ledger.add([]) == []
+    assert not path.parent.exists()  # nothing on disk until the first entry
     assert ledger.add([R0, R1, R0]) == [0, 1, 0]
     assert ledger.add([UnshareRequest(3, (4,), lines=(9,)), R2]) == [1, 2]
     assert ledger.requests() == {0: R0, 1: R1, 2: R2}
@@ -277,10 +278,11 @@ def test_ledger_appends_are_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     real = mod.os.fsync
     monkeypatch.setattr(mod.os, "fsync", lambda fd: (synced.append(fd), real(fd)))
     ledger = RequestLedger(tmp_path / "ledger.jsonl")
-    before = len(synced)
-    ledger.add([R0, R1])
+    assert synced == []  # opening a ledger that does not exist yet writes nothing
+    ledger.add([R0, R1])  # the first entry creates the file: the file and its folder are synced
+    assert len(synced) == 2
     ledger.mark_applied("m", 0)
-    assert len(synced) == before + 2
+    assert len(synced) == 3
 
 
 def test_ledger_torn_last_line_is_dropped(tmp_path: Path) -> None:

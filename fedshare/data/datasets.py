@@ -27,7 +27,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from fedshare.data.interactions import InteractionData, Split
-from fedshare.data.readers import READERS, DatasetError, RawColumns, read_file
+from fedshare.data.readers import EXPECTS, READERS, DatasetError, RawColumns, read_file
 
 __all__ = [
     "DatasetError",
@@ -56,6 +56,7 @@ _DEFAULTS: dict[str, Any] = {
     "name": None,
     "format": None,
     "root": None,
+    "path": None,
     "files": None,
     "sep": None,
     "columns": None,
@@ -133,7 +134,28 @@ def _config(data_cfg: Any) -> dict[str, Any]:
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
         raise DatasetError(f"data.implicit_threshold must be a number or null, got {threshold!r}")
     _check_split(cfg["split"])
+    _check_path(cfg)
     return cfg
+
+
+def _check_path(cfg: dict[str, Any]) -> None:
+    path = cfg["path"]
+    if path is None:
+        return
+    if isinstance(path, int) and not isinstance(path, bool):  # data.path=2024: a file named 2024
+        path = cfg["path"] = str(path)
+    if not isinstance(path, str) or not path.strip():
+        raise DatasetError(
+            f"data.path must be the path of one interaction file (a string) or null, got {path!r}"
+        )
+    if cfg["format"] == "synthetic":
+        raise DatasetError("data.path is not read by the synthetic format; set it to null or pick data=csv")
+    if cfg["split"]["mode"] != "ratio":
+        raise DatasetError(
+            f"data.path names one file, split at random per user: data.split.mode must be ratio, "
+            f"got {cfg['split']['mode']!r}. For a dataset's own train/test files use data.files "
+            f"(in <data.root>/<data.name>/) and data.path=null"
+        )
 
 
 def check_config(data_cfg: Any) -> None:
@@ -177,7 +199,10 @@ def _required_files(cfg: dict[str, Any]) -> dict[str, str]:
                 f"Use data.split.mode=ratio for a single interaction file."
             )
     elif not files:
-        raise DatasetError(f"data.files is empty for dataset {cfg['name']!r}: name at least one file")
+        raise DatasetError(
+            f"no file to read for dataset {cfg['name']!r} (format {cfg['format']!r}): set data.path to "
+            f"one interaction file (e.g. data=csv data.path=FILE), or name the files in data.files"
+        )
     return files
 
 
@@ -195,12 +220,15 @@ def dataset_dir(data_cfg: Any) -> Path:
 def locate_files(data_cfg: Any, download: bool = True) -> dict[str, Path]:
     """role -> path of every file the config needs, downloading missing ones if allowed.
 
+    ``data.path`` set: that one file (role ``ratings``), as given; it is never downloaded.
     Only fetches; never parses. Raises :class:`DatasetError` naming the missing files, the
     folder they belong in, where to get them and why a download failed.
     """
     cfg = _config(data_cfg)
     if cfg["format"] == "synthetic":
         return {}
+    if cfg["path"] is not None:
+        return {"ratings": _user_file(cfg)}
     folder = dataset_dir(cfg)
     files = _required_files(cfg)
     missing = [name for name in dict.fromkeys(files.values()) if not (folder / name).is_file()]
@@ -218,6 +246,19 @@ def locate_files(data_cfg: Any, download: bool = True) -> dict[str, Path]:
         except (OSError, DatasetError, zipfile.BadZipFile, urllib.error.URLError, ValueError) as exc:
             raise _missing_error(cfg, folder, missing, f"the download failed: {exc}") from exc
     return {role: folder / name for role, name in files.items()}
+
+
+def _user_file(cfg: dict[str, Any]) -> Path:
+    """``data.path``: one file the user names; never downloaded, root and files not read."""
+    path = Path(os.path.expandvars(cfg["path"])).expanduser().absolute()
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise DatasetError(
+            f"data.path={cfg['path']!r}: {path} {what}. data.path takes one interaction file, absolute "
+            f"or relative to the working folder ({Path.cwd()}); the {cfg['format']} format expects "
+            f"{EXPECTS[cfg['format']]}"
+        )
+    return path
 
 
 def _missing_error(cfg: dict[str, Any], folder: Path, missing: list[str], reason: str) -> DatasetError:

@@ -361,7 +361,10 @@ def read_csv(path: str | Path, columns: Mapping[str, str | None], sep: str | Non
         raise DatasetError(f"{path}: the file is empty; the csv format expects {EXPECTS['csv']}") from None
     for key, name in wanted.items():
         if name not in header:
-            raise DatasetError(f"{path}: no column {name!r} (data.columns.{key}); the header has {header}")
+            raise DatasetError(
+                f"{path}: no column {name!r} (data.columns.{key}); the header has {header}: "
+                f"set data.columns.{key} to one of them"
+            )
     try:
         df = pd.read_csv(path, sep=sep, usecols=list(dict.fromkeys(wanted.values())))
     except (ValueError, pd.errors.ParserError) as exc:
