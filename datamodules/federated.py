@@ -121,7 +121,7 @@ class FederatedDataModule(pl.LightningDataModule):
     def val_split(self) -> str:
         """What the validation loop evaluates: ``valid``, or ``test`` as a learning curve for data
         without a validation split when ``eval.curve`` is set (LightGCN's Gowalla protocol)."""
-        return "test" if not self.valid.items.size and self.cfg.eval.get("curve", False) else "valid"
+        return "test" if not self.valid.items.size and self.cfg.eval.curve else "valid"
 
     def val_dataloader(self) -> DataLoader:
         return self._user_batches(self.test if self.val_split == "test" else self.valid)

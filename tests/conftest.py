@@ -1,11 +1,16 @@
-"""Shared fixtures: tiny synthetic data, W&B and home folders kept under tmp_path."""
+"""Shared fixtures: tiny synthetic data, W&B and home folders kept under tmp_path; the YAML's
+constructor keywords (`model_kwargs`, `sharing_cfg`), since the code holds no defaults."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+from omegaconf import OmegaConf
 
 # Small enough that a whole train+test run takes a second or two on CPU.
 TINY = [
@@ -17,6 +22,36 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "unlearn.methods=[]",  # learning only; tests of unlearning set their methods after this
 ]
+
+
+@functools.cache
+def _composed(choice: str) -> dict[str, Any]:
+    """The YAML's config with one group choice (``model=fedmf``), no overlay: plain containers."""
+    from fedshare.config import compose
+    from fedshare.run.build import model_kwargs as kwargs_of
+
+    cfg = compose([choice, "experiment=null"])
+    return {"model": kwargs_of(cfg), "sharing": OmegaConf.to_container(cfg.sharing, resolve=True)}
+
+
+def _with(base: dict[str, Any], overrides: dict[str, Any], what: str) -> dict[str, Any]:
+    unknown = sorted(set(overrides) - set(base))
+    if unknown:  # a typo would otherwise test nothing
+        raise TypeError(f"{what} has no key(s) {unknown}; keys: {', '.join(base)}")
+    return {**copy.deepcopy(base), **overrides}
+
+
+def model_kwargs(name: str, /, **overrides: Any) -> dict[str, Any]:
+    """The keywords ``fedshare.run.build.new_model`` passes to model ``name``'s module, from the
+    composed YAML (configs/model/<name>.yaml, fed.*, seed, eval.ks), with ``overrides``: tests
+    never re-type a default (the modules have none)."""
+    return _with(_composed(f"model={name}")["model"], overrides, f"model={name}")
+
+
+def sharing_cfg(policy: str, /, **overrides: Any) -> dict[str, Any]:
+    """The ``sharing`` group of configs/sharing/<policy>.yaml as a dict, with ``overrides``
+    (``key=None`` stands for a missing key)."""
+    return _with(_composed(f"sharing={policy}")["sharing"], overrides, f"sharing={policy}")
 
 
 @pytest.fixture(autouse=True)

@@ -320,7 +320,7 @@ def _check_unlearned(run, unlearned) -> None:
     n = learned.n_items
     expected = set((lu * n + li).tolist()) - set((users * n + items).tolist())
     assert set((uu * n + ui).tolist()) == expected  # every other shared edge is there
-    metrics = judge(unlearned, run["dm"], users, items)
+    metrics = judge(unlearned, run["dm"], users, items, int(run["dm"].cfg.unlearn.k))
     assert all(np.isfinite(v) for v in metrics.values()), metrics
     assert metrics["test/recall@20"] > 0.1
 

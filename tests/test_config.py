@@ -103,3 +103,44 @@ def test_every_group_file_composes_and_comments_its_keys() -> None:
                 if group in ("data", "experiment", "debug") or not stripped or stripped.startswith("#"):
                     continue
                 assert "# (" in line, f"{group}/{name}.yaml: key without a '# (type) meaning' comment: {line}"
+
+
+@pytest.mark.parametrize("name", available("model"))
+def test_the_yaml_holds_the_only_copy_of_every_model_default(name: str, tmp_path: Path) -> None:
+    """``new_model`` passes every key of the model group (plus seed, eval.ks and, federated,
+    fed.cohort_fraction and fed.nodes); the module has no default for any of them and no other
+    parameter than its sizes, so a default can never drift from the YAML. The module built from
+    the composed config reloads from a checkpoint (Lightning stores every init argument)."""
+    import inspect
+
+    import pytorch_lightning as pl
+    import torch
+
+    from fedshare.federated.fedmf import FedAvgServer, FedMFClients
+    from fedshare.federated.fedshare import FedShareClients, GraphServer, make_clients
+    from fedshare.run.build import FEDERATED, model_kwargs, new_model
+
+    cfg = compose([f"model={name}", "experiment=null"])
+    kwargs = model_kwargs(cfg)
+    passed = set(OmegaConf.to_container(cfg.model)) - {"name"} | {"ks"}
+    passed |= set() if name == "popularity" else {"seed"}
+    passed |= {"cohort_fraction", "nodes"} if name in FEDERATED else set()
+    assert set(kwargs) == passed
+    model = new_model(cfg, 7, 9)
+    params = inspect.signature(type(model).__init__).parameters
+    assert [p for p in params if params[p].default is not inspect.Parameter.empty] == []
+    assert set(params) - {"self", "n_users", "n_items"} == passed
+    assert {k: model.hparams[k] for k in passed} == kwargs
+    # what they build takes the values from the module, never a default of its own
+    for built in (FedMFClients, FedAvgServer, FedShareClients, GraphServer, make_clients):
+        own = inspect.signature(built).parameters
+        assert [p for p in own if own[p].default is not inspect.Parameter.empty] == [], built
+    path = tmp_path / "model.ckpt"
+    hparams = dict(model.hparams)
+    state = {"state_dict": model.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": pl.__version__}
+    torch.save(state, path)
+    loaded = type(model).load_from_checkpoint(path)
+    assert dict(loaded.hparams) == hparams
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

@@ -71,7 +71,7 @@ def test_same_seed_same_round_different_seed_different_round() -> None:
         plan = plan_round(data, n_items, 1, gen)
         item_emb = torch.ones(n_items, 4) * 0.1
         _, upload, _ = client_round(torch.ones(data.n_clients, 4) * 0.1, item_emb, data, plan, 0.1, 0.0, 4)
-        return fedavg_rows(item_emb, upload)
+        return fedavg_rows(item_emb, upload, server_lr=1.0)
 
     assert torch.equal(one_round(1), one_round(1))
     assert not torch.equal(one_round(1), one_round(2))
@@ -149,7 +149,7 @@ def test_server_step_is_fedavg_per_row_and_needs_only_uploads() -> None:
     torch.testing.assert_close(new[1], torch.tensor([0.0, 0.0]))  # nobody touched row 1
     torch.testing.assert_close(new[2], torch.tensor([-1.0, -1.0]))
     # sums add up: two nodes' partial uploads aggregate like one
-    torch.testing.assert_close(fedavg_rows(item_table, b + a), new)
+    torch.testing.assert_close(fedavg_rows(item_table, b + a, server_lr=1.0), new)
 
 
 def test_bpr_grads_match_autograd() -> None:

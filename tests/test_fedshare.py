@@ -14,10 +14,11 @@ import torch
 
 from fedshare import train as train_mod
 from fedshare.config import compose
-from fedshare.federated.fedshare import FedShareClients, ViewMessage
+from fedshare.federated.fedshare import ViewMessage, make_clients
 from fedshare.federated.rounds import client_round, client_round_reference, cohort_data, plan_round
 from fedshare.run.folder import RunFolderError
 from fedshare.seeding import torch_generator
+from tests.conftest import model_kwargs
 from tests.helpers.privacy import unshared_pairs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,8 +38,9 @@ def _random_cohort(n_users=12, n_items=30, seed=0):
 def test_alignment_round_matches_per_client_reference(epochs: int) -> None:
     n_users, n_items, dim = 12, 30, 8
     indptr, items = _random_cohort(n_users, n_items)
-    clients = FedShareClients(
-        n_users, dim, torch_generator(0, "init"), 0.1, epochs, 3, 0.5, 1e-3, 0, lambda_cl=0.5, tau=0.3
+    kw = dict(dim=dim, init_std=0.1, local_epochs=epochs, batch_size=3, lr=0.5, reg=1e-3, seed=0)
+    clients = make_clients(
+        n_users, torch_generator(0, "init"), **model_kwargs("fedshare", **kw, lambda_cl=0.5, tau=0.3)
     )
     cohort = torch.arange(n_users)
     gen = torch.Generator().manual_seed(1)
@@ -68,8 +70,9 @@ def test_alignment_round_matches_per_client_reference(epochs: int) -> None:
 
 
 def test_fused_scores_only_for_users_with_views() -> None:
-    clients = FedShareClients(
-        4, 3, torch_generator(0, "init"), 0.1, 1, 2, 0.5, 0.0, 0, lambda_cl=0.1, tau=0.2
+    kw = dict(dim=3, init_std=0.1, local_epochs=1, batch_size=2, lr=0.5, reg=0.0, seed=0)
+    clients = make_clients(
+        4, torch_generator(0, "init"), **model_kwargs("fedshare", **kw, lambda_cl=0.1, tau=0.2)
     )
     q = torch.randn(5, 3)
     z_items = torch.randn(5, 3)
@@ -177,6 +180,7 @@ def _server(**kw):
         q_align_lr=1.0,
         align_items=64,
         cl_negatives=4,
+        align_graph=model_kwargs("fedshare")["align_graph"],
     )
     args.update(kw)
     server = GraphServer(6, 10, 4, torch_generator(0, "init"), 0.1, 1.0, 1.0, 0, **args)
@@ -206,8 +210,9 @@ def test_server_alignment_moves_q_and_leaves_the_graph_free_unless_asked() -> No
 def test_lambda_cl_zero_switches_off_every_alignment() -> None:
     from lightning_modules import FedShareModule
 
-    off = FedShareModule(5, 6, lambda_cl=0.0, lambda_item=1.0)
+    off = FedShareModule(5, 6, **model_kwargs("fedshare", lambda_cl=0.0, lambda_item=1.0))
     assert off.clients.lambda_cl == 0 and off.server.lambda_cl == 0
-    on = FedShareModule(5, 6, lambda_cl=0.001, lambda_item=1.0)
+    on = FedShareModule(5, 6, **model_kwargs("fedshare", lambda_cl=0.001, lambda_item=1.0))
     assert on.clients.lambda_cl == 0.001 and on.server.lambda_cl == 1.0
-    assert FedShareModule(5, 6, lambda_cl=0.3, lambda_item=None).server.lambda_cl == 0.3
+    fallback = FedShareModule(5, 6, **model_kwargs("fedshare", lambda_cl=0.3, lambda_item=None))
+    assert fallback.server.lambda_cl == 0.3

@@ -53,7 +53,7 @@ class FedMFClients(nn.Module):
         lr: float,
         reg: float,
         seed: int,
-        nodes: int = 1,
+        nodes: int,
     ) -> None:
         super().__init__()
         self.local_epochs, self.batch_size, self.lr, self.reg = local_epochs, batch_size, lr, reg

@@ -56,7 +56,7 @@ class ViewMessage:
 
 class FedShareClients(FedMFClients):
     def __init__(
-        self, *args: Any, lambda_cl: float, tau: float, share_weighted: bool = False, **kwargs: Any
+        self, *args: Any, lambda_cl: float, tau: float, share_weighted: bool, **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)
         self.lambda_cl, self.tau, self.share_weighted = lambda_cl, tau, share_weighted
@@ -151,7 +151,7 @@ class FedShareClients(FedMFClients):
 
         return align
 
-    def score(self, users: Tensor, item_table: Tensor, views: ViewMessage | None = None, beta: float = 0.0):
+    def score(self, users: Tensor, item_table: Tensor, views: ViewMessage | None, beta: float):
         """``p_u.q_i``, plus ``beta_u * z_u.z_i`` for users holding a view (sharing users).
 
         ``beta_u = beta``, or ``beta * |S_u|/|D_u|`` with ``share_weighted`` (likewise the
@@ -225,7 +225,7 @@ class GraphServer(FedAvgServer):
         q_align_lr: float,
         align_items: int,
         cl_negatives: int,
-        align_graph: bool = True,
+        align_graph: bool,
     ) -> None:
         super().__init__(n_users, n_items, dim, init, init_std, server_lr, cohort_fraction, seed)
         self.align_graph = align_graph
@@ -238,6 +238,7 @@ class GraphServer(FedAvgServer):
         self.item0 = nn.Parameter(torch.randn(n_items, dim, generator=table_init) * init_std)
         self.register_buffer("user_view", torch.zeros(n_users, dim))
         self.register_buffer("item_view", torch.zeros(n_items, dim))
+        # DGL: the server's; a client process never loads it
         from fedshare.graph.shared_graph import SharedGraph
 
         self.graph = SharedGraph(n_users, n_items)
@@ -301,7 +302,7 @@ class GraphServer(FedAvgServer):
         """LightGCN-BPR on the shared edges plus ``lambda_cl * InfoNCE(z_i, Q_i)``; refreshes views."""
         if self.graph.n_edges == 0 or optimizer is None or self.steps == 0:
             return {}
-        from fedshare.graph.lightgcn import EdgeSampler, bpr_loss
+        from fedshare.graph.lightgcn import EdgeSampler, bpr_loss  # DGL: the server's, as above
 
         if self.sampler is None:
             self.sampler = EdgeSampler(self.graph)
@@ -352,7 +353,7 @@ class GraphServer(FedAvgServer):
         return out
 
     def load_graph_state(self, state: dict[str, Tensor]) -> None:
-        from fedshare.graph.shared_graph import SharedGraph
+        from fedshare.graph.shared_graph import SharedGraph  # DGL: the server's, as above
 
         self.graph = SharedGraph.from_state(
             self.graph.n_users, self.graph.n_items, state, self.item_emb.device

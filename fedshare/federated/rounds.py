@@ -385,7 +385,7 @@ def client_round_reference(
     return new_rows, upload, total_loss / max(1, n_client_steps)
 
 
-def fedavg_rows(item_table: Tensor, upload: Upload, server_lr: float = 1.0) -> Tensor:
+def fedavg_rows(item_table: Tensor, upload: Upload, server_lr: float) -> Tensor:
     """Server step: ``Q_i += eta * sum_c w_c delta_ci / sum_c w_c`` over the clients that sent row i.
 
     Rows nobody touched stay as they are. Returns the new table (the input is not modified).

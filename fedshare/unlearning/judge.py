@@ -15,7 +15,7 @@ from fedshare.eval.metrics import RankingMetrics
 
 
 @torch.no_grad()
-def ranking(module, users: Tensor, batch_users: int = 2048) -> dict[str, float]:
+def ranking(module, users: Tensor, batch_users: int) -> dict[str, float]:
     """Test metrics of ``users`` (full ranking, masked as the test stage masks), overall only."""
     metric = RankingMetrics(module.ks, module.group_names)
     for chunk in users.split(batch_users):
@@ -84,13 +84,14 @@ def mia_auc(module, users: Tensor, items: Tensor, test_indptr, test_items) -> fl
     return auc(member, other)
 
 
-def judge(module, dm, users: Tensor, items: Tensor, k: int = 20) -> dict[str, float]:
+def judge(module, dm, users: Tensor, items: Tensor, k: int) -> dict[str, float]:
     """The numbers every method is judged by (keys without the ``unlearn/<method>/`` prefix)."""
+    batch = int(dm.cfg.eval.batch_users)  # as the test stage scores them
     everyone = torch.arange(dm.n_users)
     revoking = torch.unique(users)
-    out = {f"test/{key}": v for key, v in ranking(module, everyone).items() if key.endswith(f"@{k}")}
+    out = {f"test/{key}": v for key, v in ranking(module, everyone, batch).items() if key.endswith(f"@{k}")}
     out.update(
-        {f"revoking/{key}": v for key, v in ranking(module, revoking).items() if key.endswith(f"@{k}")}
+        {f"revoking/{key}": v for key, v in ranking(module, revoking, batch).items() if key.endswith(f"@{k}")}
     )
     out[f"forget/hit@{k}"] = forget_hits(module, users, items, k)
     out["mia/auc"] = mia_auc(module, users, items, dm.test.indptr, dm.test.items)
