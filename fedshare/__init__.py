@@ -22,6 +22,8 @@ Where things live (a folder per concept; each package's ``__init__`` says what i
                   docs/UNLEARNING.md), results_page (docs/RESULTS.md), records (run records
                   a page names must be tracked)
     flower/       the same rounds on Flower: strategy, node, payload, apps, launch
+    benchmarks/   suite: the benchmarks of python -m fedshare.bench (rounds, evaluation,
+                  propagation, Flower)
     config.py     composing and validating configs/ (every default lives in the YAML)
     atomic.py     the one durable writer (every file a run writes goes through it)
     seeding.py    one seeded generator per purpose

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-# Small enough that a whole train+test run takes a second or two on CPU.
-TINY = [
+# Small enough that a whole train+test run takes a second or two on CPU (tests use the `tiny` fixture)
+_TINY = (
     "data.synthetic.n_users=60",
     "data.synthetic.n_items=120",
     "data.synthetic.n_interactions=2400",
@@ -21,7 +21,7 @@ TINY = [
     "eval.batch_users=25",
     "trainer.enable_progress_bar=false",
     "unlearn.methods=[]",  # learning only; tests of unlearning set their methods after this
-]
+)
 
 
 @functools.cache
@@ -65,6 +65,7 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-@pytest.fixture
-def tiny() -> list[str]:
-    return list(TINY)
+@pytest.fixture(scope="session")
+def tiny() -> tuple[str, ...]:
+    """Overrides for a tiny synthetic run (a tuple: no test can change it for the others)."""
+    return _TINY

@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from fedshare import bench
+from fedshare.benchmarks import suite
 from fedshare.config import compose
-from tests.conftest import TINY
 
 
 def _last_json(capsys: pytest.CaptureFixture) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def test_fedmf_round_benchmark_prints_json_last(capsys: pytest.CaptureFixture) -> None:
-    code = bench.main(["round", "experiment=fedmf", *TINY, "bench.repeats=2"])
+def test_fedmf_round_benchmark_prints_json_last(tiny: list[str], capsys: pytest.CaptureFixture) -> None:
+    code = bench.main(["round", "experiment=fedmf", *tiny, "bench.repeats=2"])
     assert code == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)
@@ -28,8 +28,8 @@ def test_fedmf_round_benchmark_prints_json_last(capsys: pytest.CaptureFixture) -
     assert result["max_abs_diff_user_rows"] < 1e-5 and result["max_abs_diff_item_table"] < 1e-5
 
 
-def test_fedshare_round_benchmark_times_whole_rounds(capsys: pytest.CaptureFixture) -> None:
-    assert bench.main(["round", *TINY, "bench.repeats=2"]) == 0
+def test_fedshare_round_benchmark_times_whole_rounds(tiny: list[str], capsys: pytest.CaptureFixture) -> None:
+    assert bench.main(["round", *tiny, "bench.repeats=2"]) == 0
     result = _last_json(capsys)
     assert result["model"] == "fedshare" and result["clients"] == 60 and result["shared_edges"] > 0
     for key in ("round_s", "client_s", "server_s", "peak_rss_mb"):
@@ -39,15 +39,15 @@ def test_fedshare_round_benchmark_times_whole_rounds(capsys: pytest.CaptureFixtu
 
 
 @pytest.mark.parametrize("experiment", ["fedshare", "lightgcn_central"])
-def test_eval_benchmark_scores_every_test_user(experiment: str, capsys: pytest.CaptureFixture) -> None:
-    assert bench.main(["eval", f"experiment={experiment}", *TINY, "bench.repeats=1"]) == 0
+def test_eval_benchmark_scores_every_test_user(tiny: list[str], experiment: str, capsys: pytest.CaptureFixture) -> None:
+    assert bench.main(["eval", f"experiment={experiment}", *tiny, "bench.repeats=1"]) == 0
     result = _last_json(capsys)
     assert result["eval_s"] > 0 and result["peak_rss_mb"] > 0
     assert result["users"] > 50
     # the figure is the test stage's recall of the model the benchmark built, recomputed here
     # one user at a time with plain masking and a top-20 (no batching, no hit matrix)
-    cfg = compose(["experiment=" + experiment, *TINY])
-    dm, model = bench._setup(cfg)
+    cfg = compose(["experiment=" + experiment, *tiny])
+    dm, model = suite._setup(cfg)
     if hasattr(model, "run_round"):
         model.run_round(1, model.configure_optimizers())
     if hasattr(model, "_refresh"):

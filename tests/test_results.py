@@ -11,7 +11,6 @@ import pytest
 from fedshare import results as results_cli
 from fedshare.data.sharing import GROUP_NAMES
 from fedshare.reporting import results_page as results
-from tests.conftest import TINY
 
 # offset of each sharing group's Recall@20 from the run's overall Recall@20, so the column order shows
 OFFSET = {g: 0.01 * i for i, g in enumerate(GROUP_NAMES)}
@@ -211,7 +210,7 @@ def test_a_failed_run_is_reported_and_the_others_go_on(
 
 
 @pytest.mark.slow
-def test_campaign_end_to_end_reuses_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_campaign_end_to_end_reuses_and_resumes(tiny: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root, out = tmp_path / "runs", tmp_path / "RESULTS.md"
     args = [
         "--datasets",
@@ -223,7 +222,7 @@ def test_campaign_end_to_end_reuses_and_resumes(tmp_path: Path, capsys: pytest.C
         "--runs-root",
         str(root),
     ]
-    args += ["--out", str(out), "--", *TINY, "fed.rounds=2"]
+    args += ["--out", str(out), "--", *tiny, "fed.rounds=2"]
     assert results_cli.main(args) == 0
     first = capsys.readouterr().out
     assert "[4/4] synthetic FedMF seed 1 ... " in first

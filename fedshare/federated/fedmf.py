@@ -66,7 +66,7 @@ class FedMFClients(nn.Module):
         # shuffles and negatives are drawn on the devices: one stream per node (see `shard_of`)
         self.round_gens = [torch_generator(seed, round_purpose(k)) for k in range(self.nodes)]
         # optional ``(cohort, weights) -> on_changes`` hook factory (see `client_round`): set by
-        # the unlearning baselines' recorders (fedshare.unlearning.baselines.RoundChanges) while they record
+        # the unlearning baselines' recorders (fedshare.unlearning.history.RoundChanges) while they record
         self.change_recorder: Any = None
 
     def attach_data(self, train: UserCSR) -> None:

@@ -42,7 +42,6 @@ from fedshare.atomic import replace_file, write_text
 from fedshare.config import ConfigError, compose
 from fedshare.data.readers import DatasetError
 from fedshare.federated.fedmf import round_purpose
-from fedshare.reporting.unlearning_page import log_wandb
 from fedshare.run import driver
 from fedshare.run.folder import RunFolderError, run_dir_for
 from fedshare.run.logger import build_logger
@@ -432,14 +431,9 @@ def log_to_wandb(cfg: DictConfig, run_dir: Path, metrics: dict[str, float]) -> N
 
     try:
         run = logger.experiment
-        history = (
-            json.loads((run_dir / driver.HISTORY_FILE).read_text()) if (run_dir / driver.HISTORY_FILE).exists() else {}
-        )
-        for entry in history.get("val", []):
+        for entry in driver.read_history(run_dir):
             run.log({k: v for k, v in entry.items() if k != "round"}, step=int(entry["round"]))
-        run.summary.update({**metrics, "flower/nodes": int(cfg.fed.nodes)})
-        if any(k.startswith("unlearn/") for k in metrics):
-            log_wandb(run, metrics, int(cfg.unlearn.k))
+        driver.log_results(run, cfg, {**metrics, "flower/nodes": int(cfg.fed.nodes)})
     finally:
         wandb.finish()
 

@@ -13,6 +13,7 @@ it, so both write the same run folder in the same shapes:
   recorders; in-process they run inside one Lightning callback, on Flower the loop calls them);
 - `run_metrics` / `write_metrics`: the shape of ``metrics.json`` and its one writer;
 - `unlearn`: the unlearning phase after learning, with the run's methods;
+- `log_results`: the finished run's numbers into its W&B run;
 - `report`: the end-of-run printout.
 """
 
@@ -27,7 +28,8 @@ from omegaconf import DictConfig
 
 from fedshare.atomic import write_json, write_text
 from fedshare.config import to_yaml
-from fedshare.reporting.tables import report_run
+from fedshare.reporting.tables import group_rows, report_run
+from fedshare.reporting.unlearning_page import log_wandb
 from fedshare.unlearning.context import Recorder
 from fedshare.unlearning.phase import unlearn_phase
 from fedshare.unlearning.registry import recorders as method_recorders
@@ -65,6 +67,12 @@ def history_prefix(val_split: str) -> str:
 def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
     """``history.json``: every validation so far, each with its round."""
     write_json(run_dir / HISTORY_FILE, {"val": history})
+
+
+def read_history(run_dir: Path) -> list[dict[str, float]]:
+    """Every validation ``history.json`` holds ([] before the first)."""
+    path = run_dir / HISTORY_FILE
+    return json.loads(path.read_text())["val"] if path.exists() else []
 
 
 def recorders(cfg: DictConfig, run_dir: Path) -> list[Recorder]:
@@ -133,6 +141,19 @@ def unlearn(
     if metrics:
         merge_unlearning(run_dir, metrics)
     return metrics
+
+
+def log_results(run: Any, cfg: DictConfig, metrics: Mapping[str, float], groups: list[str] | None = None) -> None:
+    """The finished run's numbers into its W&B run: the summary, the unlearning table and charts
+    (when methods unlearned), the test metrics by sharing group (when the groups are known)."""
+    import wandb  # W&B only for a run that logs to it
+
+    run.summary.update(dict(metrics))
+    if any(k.startswith("unlearn/") for k in metrics):
+        log_wandb(run, metrics, int(cfg.unlearn.k))
+    if groups:
+        columns, rows = group_rows(dict(metrics), groups)
+        run.log({"test/by_share_group": wandb.Table(columns=["users", *columns], data=rows)})
 
 
 def report(

@@ -16,8 +16,6 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules import FederatedDataModule
-from fedshare.reporting.tables import group_rows
-from fedshare.reporting.unlearning_page import log_wandb
 from fedshare.run import driver
 from fedshare.run.build import build_model
 from fedshare.run.checkpoints import AtomicCheckpointIO, LastCheckpoint
@@ -120,15 +118,7 @@ def train(cfg: DictConfig, command: str | None = None) -> tuple[dict[str, float]
         else:
             metrics.update(driver.unlearn(cfg, model, dm, run_dir, lambda d: build_model(cfg, d)))
         if logger is not None:
-            import wandb  # as above
-
-            logger.experiment.summary.update(metrics)
-            if methods:
-                log_wandb(logger.experiment, metrics, int(cfg.unlearn.k))
-            columns, rows = group_rows(metrics, dm.group_names)
-            logger.experiment.log(
-                {"test/by_share_group": wandb.Table(columns=["users", *columns], data=rows)}
-            )
+            driver.log_results(logger.experiment, cfg, metrics, dm.group_names)
     finally:
         if logger is not None:
             import wandb  # as above

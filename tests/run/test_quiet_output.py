@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_default_run_prints_no_tips_and_no_wandb_anonymous_warning(tiny: list[str], tmp_path: Path) -> None:

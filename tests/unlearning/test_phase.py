@@ -21,29 +21,34 @@ from fedshare import train as train_mod
 from fedshare import unlearn as unlearn_mod
 from fedshare.config import ConfigError, compose
 from fedshare.graph.shared_graph import SharedGraph
+from fedshare.unlearning import registry
 from fedshare.unlearning.judge import auc, forget_hits
 from fedshare.unlearning.phase import ENV_KILL_AT_REQUEST
 from fedshare.unlearning.requests import read_requests_csv
-from tests.conftest import TINY
 
-ROOT = Path(__file__).resolve().parent.parent
-METHODS = ["contrastive", "retrain", "fedEraser", "fru", "finetune", "delete_only"]
-BASE = [
-    *TINY,
-    "fed.rounds=6",
-    "eval.every=3",
-    "logger=none",
-    "unlearn.snapshots=3",
-    "unlearn.requests.user_fraction=0.2",
-    "unlearn.finetune.rounds=2",
-]
+ROOT = Path(__file__).resolve().parents[2]
+METHODS = list(registry.METHODS)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def base(tiny: list[str]) -> list[str]:
+    """A tiny learn -> unshare -> unlearn setting."""
+    return [
+        *tiny,
+        "fed.rounds=6",
+        "eval.every=3",
+        "logger=none",
+        "unlearn.snapshots=3",
+        "unlearn.requests.user_fraction=0.2",
+        "unlearn.finetune.rounds=2",
+    ]
+
+
+@pytest.fixture(scope="module")
+def run(base: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny learn -> unshare -> unlearn run with every available method."""
     folder = tmp_path_factory.mktemp("unlearn") / "run"
-    train_mod.train(compose([*BASE, f"unlearn.methods=[{','.join(METHODS)}]", f"paths.output_dir={folder}"]))
+    train_mod.train(compose([*base, f"unlearn.methods=[{','.join(METHODS)}]", f"paths.output_dir={folder}"]))
     return folder
 
 
@@ -168,9 +173,9 @@ def test_the_scan_sees_a_pair_put_back_into_a_server_file(run: Path, tmp_path: P
 # -- the deletion itself -------------------------------------------------------------------------
 
 
-def test_unshare_leaves_the_server_and_keeps_the_pairs_local(tmp_path: Path) -> None:
+def test_unshare_leaves_the_server_and_keeps_the_pairs_local(base: list[str], tmp_path: Path) -> None:
     _, objects = train_mod.train(
-        compose([*BASE, "fed.rounds=1", "unlearn.methods=[]", f"paths.output_dir={tmp_path / 'r'}"])
+        compose([*base, "fed.rounds=1", "unlearn.methods=[]", f"paths.output_dir={tmp_path / 'r'}"])
     )
     model = objects["model"]
     users, items = model.server.graph.edges()
@@ -269,11 +274,12 @@ def _tree(folder: Path) -> dict[str, tuple[str, int, str]]:
 
 
 def test_a_refused_request_file_leaves_a_learning_only_run_as_it_was(
+    tiny: list[str],
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """No ledger, no unlearn/ folder: a refused file must not create them (nor anything else)."""
     folder = tmp_path / "run"
-    learn = [*TINY, "experiment=fedshare", "fed.rounds=3", "eval.every=3", "logger=none"]
+    learn = [*tiny, "experiment=fedshare", "fed.rounds=3", "eval.every=3", "logger=none"]
     train_mod.train(compose([*learn, "unlearn.methods=[]", f"paths.output_dir={folder}"]))
     assert not (folder / "unlearn").exists()
     ckpt = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -318,9 +324,9 @@ def test_requests_from_a_file_then_a_repeat_is_a_no_op(run: Path, tmp_path: Path
 # -- a crash between two requests --------------------------------------------------------------
 
 
-def test_a_crash_between_requests_resumes_with_each_applied_once(tmp_path: Path) -> None:
+def test_a_crash_between_requests_resumes_with_each_applied_once(base: list[str], tmp_path: Path) -> None:
     folder = tmp_path / "run"
-    args = [*BASE, "unlearn.methods=[contrastive,delete_only]", "unlearn.requests.user_fraction=0.3"]
+    args = [*base, "unlearn.methods=[contrastive,delete_only]", "unlearn.requests.user_fraction=0.3"]
     env = {**os.environ, "DGLBACKEND": "pytorch", ENV_KILL_AT_REQUEST: "3", "HOME": str(tmp_path)}
     cmd = [sys.executable, "-m", "fedshare.train", *args, f"paths.output_dir={folder}"]
     killed = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
@@ -362,9 +368,9 @@ def test_unlearn_config_errors_name_the_key() -> None:
         compose(["model=fedmf"])
 
 
-def test_wandb_gets_the_comparison_table_and_charts(tmp_path: Path, _isolated_home: Path) -> None:
+def test_wandb_gets_the_comparison_table_and_charts(base: list[str], tmp_path: Path, _isolated_home: Path) -> None:
     folder = tmp_path / "run"
-    args = [*BASE, "logger=wandb", "logger.mode=offline", "unlearn.methods=[contrastive,delete_only]"]
+    args = [*base, "logger=wandb", "logger.mode=offline", "unlearn.methods=[contrastive,delete_only]"]
     train_mod.train(compose([*args, f"paths.output_dir={folder}"]))
     offline = list((folder / "wandb").glob("offline-run-*"))
     assert offline
@@ -373,11 +379,11 @@ def test_wandb_gets_the_comparison_table_and_charts(tmp_path: Path, _isolated_ho
         assert key in blob, key
 
 
-def test_a_bad_request_file_in_the_config_stops_before_training(tmp_path: Path, capsys) -> None:
+def test_a_bad_request_file_in_the_config_stops_before_training(base: list[str], tmp_path: Path, capsys) -> None:
     csv = tmp_path / "req.csv"
     csv.write_text("user,item\n1,x\n")
     folder = tmp_path / "run"
-    args = [*BASE, "unlearn.methods=[delete_only]", f"unlearn.requests.file={csv}", f"paths.output_dir={folder}"]
+    args = [*base, "unlearn.methods=[delete_only]", f"unlearn.requests.file={csv}", f"paths.output_dir={folder}"]
     assert train_mod.main(args) == 2
     assert re.search(r"req\.csv:2", capsys.readouterr().err)
     assert not folder.exists()  # nothing was trained or written

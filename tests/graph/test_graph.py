@@ -98,7 +98,7 @@ def test_import_dgl_leaves_home_alone(_isolated_home: Path):
         "g.update_all(dgl.function.copy_u('h', 'm'), dgl.function.sum('m', 'h')); "
         "assert g.ndata['h'].reshape(-1).tolist() == [0.0, 1.0]"
     )
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "default backend" not in done.stdout + done.stderr  # DGL's first-run notice

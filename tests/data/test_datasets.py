@@ -27,7 +27,7 @@ from fedshare.data.datasets import (
 )
 from fedshare.data.interactions import InteractionData, Split
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "data"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "data"
 
 SMALL_SYNTHETIC = {"n_users": 200, "n_items": 300, "n_interactions": 6000}
 

@@ -10,14 +10,13 @@ from nbclient import NotebookClient
 
 from fedshare import train as train_mod
 from fedshare.config import compose
-from tests.conftest import TINY
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs_on_a_tiny_run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run = [*TINY, "fed.rounds=2", "logger=none", "unlearn.methods=[contrastive,retrain]"]
+def test_notebook_runs_on_a_tiny_run(tiny: list[str], path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = [*tiny, "fed.rounds=2", "logger=none", "unlearn.methods=[contrastive,retrain]"]
     train_mod.train(compose([*run, f"paths.output_dir={tmp_path / 'runs' / 'a'}"]))
     monkeypatch.setenv("FEDSHARE_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("FEDSHARE_REPORT_DIR", str(tmp_path / "report"))

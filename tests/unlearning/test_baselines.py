@@ -41,8 +41,8 @@ from fedshare.unlearning.judge import judge
 from fedshare.unlearning.retrain import retrain
 from fedshare.unlearning.snapshots import SnapshotStore, snapshot_rounds
 from lightning_modules.recording import RecorderCallback
-from tests.conftest import TINY, model_kwargs
-from tests.test_federation import _population
+from tests.conftest import model_kwargs
+from tests.federated.test_rounds import _population
 
 ROUNDS, EVERY, DIM = 6, 3, 32
 ENTRY = 3  # the revoked edges entered the graph at this round (late sharers)
@@ -127,11 +127,11 @@ def test_fedmf_clients_fit_passes_the_recorder() -> None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory):
+def run(tiny: list[str], tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("baselines")
     cfg = compose(
         [
-            *TINY,
+            *tiny,
             f"fed.rounds={ROUNDS}",
             "logger=none",
             f"model.dim={DIM}",

@@ -21,7 +21,7 @@ from fedshare.seeding import torch_generator
 from tests.conftest import model_kwargs
 from tests.helpers.privacy import unshared_pairs
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _random_cohort(n_users=12, n_items=30, seed=0):

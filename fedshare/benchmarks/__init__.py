@@ -1,0 +1,1 @@
+"""Benchmarks: speed and memory of rounds, evaluation, propagation and Flower (python -m fedshare.bench)."""
