@@ -1,5 +1,6 @@
 """Shared fixtures: tiny synthetic data, W&B and home folders kept under tmp_path; the YAML's
-constructor keywords (`model_kwargs`, `sharing_cfg`), since the code holds no defaults."""
+constructor keywords (`model_kwargs`, `sharing_cfg`) and data configs (`data_cfg`), since the code
+holds no defaults."""
 
 from __future__ import annotations
 
@@ -52,6 +53,15 @@ def sharing_cfg(policy: str, /, **overrides: Any) -> dict[str, Any]:
     """The ``sharing`` group of configs/sharing/<policy>.yaml as a dict, with ``overrides``
     (``key=None`` stands for a missing key)."""
     return _with(_composed(f"sharing={policy}")["sharing"], overrides, f"sharing={policy}")
+
+
+def data_cfg(name: str, /, **overrides: Any) -> dict[str, Any]:
+    """The ``data`` group of configs/data/<name>.yaml as a dict (every key: the loader fills in
+    none), with ``overrides`` replacing whole top-level values."""
+    from fedshare.config import compose  # not via _composed: no model (torch) needed here
+
+    data = OmegaConf.to_container(compose([f"data={name}", "experiment=null"]).data, resolve=True)
+    return _with(data, overrides, f"data={name}")
 
 
 @pytest.fixture(autouse=True)

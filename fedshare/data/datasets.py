@@ -33,7 +33,7 @@ __all__ = [
     "DatasetError",
     "ROOT_ENV",
     "DEFAULT_ROOT",
-    "SYNTHETIC_DEFAULTS",
+    "SYNTHETIC_KNOBS",
     "check_config",
     "dataset_dir",
     "locate_files",
@@ -51,35 +51,40 @@ SPLIT_MODES = ("ratio", "given")
 GIVEN_ROLES = ("train", "valid", "test")
 ARCHIVES = ("zip",)
 
-# Defaults of every key, so a plain dict in a test or notebook only names what differs.
-_DEFAULTS: dict[str, Any] = {
-    "name": None,
-    "format": None,
-    "root": None,
-    "path": None,
-    "files": None,
-    "sep": None,
-    "columns": None,
-    "implicit_threshold": None,
-    "kcore": 0,
-    "split": {"mode": "ratio", "ratios": [0.8, 0.1, 0.1], "valid_ratio": 0.0},
-    "download": {"url": None, "archive": None, "sha256": None, "source": None},
-    "synthetic": None,
+# The accepted keys, names only: every value, defaults included, lives in configs/data/*.yaml,
+# and a composed config has every key (a missing one is an error, never filled in here).
+_KEYS = (
+    "name",
+    "format",
+    "root",
+    "path",
+    "files",
+    "sep",
+    "columns",
+    "implicit_threshold",
+    "kcore",
+    "split",
+    "download",
+    "synthetic",
+)
+_SECTION_KEYS: dict[str, tuple[str, ...]] = {
+    "split": ("mode", "ratios", "valid_ratio"),
+    "download": ("url", "archive", "sha256", "source"),
 }
-
-SYNTHETIC_DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "n_users": 1000,
-    "n_items": 2000,
-    "n_interactions": 100_000,
-    "n_communities": 10,
-    "affinity": 3.5,
-    "popularity_exponent": 1.0,
-    "min_user_interactions": 10,
-    "activity_sigma": 0.7,
-    "time_start": 1_577_836_800,  # 2020-01-01 UTC
-    "time_span_days": 365,
-}
+# The knobs of data.synthetic that generate_synthetic reads (values: configs/data/synthetic.yaml).
+SYNTHETIC_KNOBS = (
+    "seed",
+    "n_users",
+    "n_items",
+    "n_interactions",
+    "n_communities",
+    "affinity",
+    "popularity_exponent",
+    "min_user_interactions",
+    "activity_sigma",
+    "time_start",
+    "time_span_days",
+)
 
 # Stream tags: each purpose gets its own generator, so adding a draw in one never shifts another.
 _SPLIT_STREAM = 0x5911
@@ -92,31 +97,41 @@ _TRAIN, _VALID, _TEST = 0, 1, 2
 # Config
 
 
+def _missing(where: str, names: Sequence[str]) -> DatasetError:
+    listed = ", ".join(f"{where}.{name}" for name in names)
+    return DatasetError(
+        f"{listed} {'is' if len(names) == 1 else 'are'} missing; the code fills in no defaults: every "
+        f"key is set in configs/data/*.yaml, so compose the config (fedshare.config.compose) or start "
+        f"from one of those files"
+    )
+
+
 def _config(data_cfg: Any) -> dict[str, Any]:
-    """A plain, validated dict with every key present (defaults filled in)."""
+    """A plain, validated dict; every key must be present (the YAML holds them all)."""
     # DictConfig is a Mapping too, but its nested nodes must become plain containers as well.
     raw = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else data_cfg
     if not isinstance(raw, Mapping):
         raise DatasetError(
             f"data config must be a mapping or an OmegaConf DictConfig, got {type(data_cfg).__name__}"
         )
-    raw = copy.deepcopy(dict(raw))
-    unknown = sorted(set(raw) - set(_DEFAULTS))
+    cfg = copy.deepcopy(dict(raw))
+    unknown = sorted(set(cfg) - set(_KEYS))
     if unknown:
-        raise DatasetError(f"unknown data config keys {unknown}; accepted: {sorted(_DEFAULTS)}")
-    cfg = {key: copy.deepcopy(default) for key, default in _DEFAULTS.items()}
-    for key, value in raw.items():
-        if key in ("split", "download") and value is not None:
-            if not isinstance(value, Mapping):
-                raise DatasetError(f"data.{key} must be a mapping, got {value!r}")
-            sub_unknown = sorted(set(value) - set(_DEFAULTS[key]))
-            if sub_unknown:
-                raise DatasetError(
-                    f"unknown keys {sub_unknown} in data.{key}; accepted: {sorted(_DEFAULTS[key])}"
-                )
-            cfg[key].update(value)
-        elif value is not None or key not in ("split", "download"):
-            cfg[key] = value
+        raise DatasetError(f"unknown data config keys {unknown}; accepted: {sorted(_KEYS)}")
+    missing = [key for key in _KEYS if key not in cfg]
+    if missing:
+        raise _missing("data", missing)
+    for key, accepted in _SECTION_KEYS.items():
+        value = cfg[key]
+        if not isinstance(value, Mapping):
+            raise DatasetError(f"data.{key} must be a mapping, got {value!r}")
+        sub_unknown = sorted(set(value) - set(accepted))
+        if sub_unknown:
+            raise DatasetError(f"unknown keys {sub_unknown} in data.{key}; accepted: {sorted(accepted)}")
+        sub_missing = [name for name in accepted if name not in value]
+        if sub_missing:
+            raise _missing(f"data.{key}", sub_missing)
+        cfg[key] = dict(value)
     if not cfg["name"] or not isinstance(cfg["name"], str):
         raise DatasetError(
             f"data.name must be a non-empty string (the dataset folder name), got {cfg['name']!r}"
@@ -384,7 +399,7 @@ def _place(src: Path, dest: Path) -> None:
 # Synthetic data
 
 
-def generate_synthetic(knobs: Mapping[str, Any] | None = None) -> RawColumns:
+def generate_synthetic(knobs: Mapping[str, Any]) -> RawColumns:
     """Implicit feedback with power-law item popularity and latent communities.
 
     Every user and item belongs to one of ``n_communities``; user ``u`` picks item ``i`` with
@@ -392,12 +407,20 @@ def generate_synthetic(knobs: Mapping[str, Any] | None = None) -> RawColumns:
     items are a Gumbel-top-k sample (k = the user's activity) from its logit row, i.e. drawn
     without replacement. Popularity alone ranks poorly because most of a user's items come
     from its community, which a factorisation model recovers. Deterministic given ``seed``.
+    ``knobs`` names every one of :data:`SYNTHETIC_KNOBS` (``data.synthetic`` of the YAML).
     """
-    k = dict(SYNTHETIC_DEFAULTS)
-    unknown = sorted(set(knobs or {}) - set(k))
+    if not isinstance(knobs, Mapping):
+        raise DatasetError(
+            f"data.synthetic must map every generator knob to its value (configs/data/synthetic.yaml), "
+            f"got {knobs!r}"
+        )
+    unknown = sorted(set(knobs) - set(SYNTHETIC_KNOBS))
     if unknown:
-        raise DatasetError(f"unknown keys {unknown} in data.synthetic; accepted: {sorted(k)}")
-    k.update(knobs or {})
+        raise DatasetError(f"unknown keys {unknown} in data.synthetic; accepted: {sorted(SYNTHETIC_KNOBS)}")
+    missing = [name for name in SYNTHETIC_KNOBS if name not in knobs]
+    if missing:
+        raise _missing("data.synthetic", missing)
+    k = dict(knobs)
     n_users, n_items, n_total = int(k["n_users"]), int(k["n_items"]), int(k["n_interactions"])
     min_deg, n_comm = int(k["min_user_interactions"]), int(k["n_communities"])
     if min(n_users, n_items, n_comm, min_deg) < 1:

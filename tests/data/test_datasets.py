@@ -6,6 +6,7 @@ touches the network (downloads use file:// URLs).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 import zipfile
@@ -18,6 +19,7 @@ from omegaconf import OmegaConf
 
 from fedshare.data.datasets import (
     DatasetError,
+    check_config,
     dataset_dir,
     generate_synthetic,
     kcore_mask,
@@ -26,23 +28,34 @@ from fedshare.data.datasets import (
     split_by_ratio,
 )
 from fedshare.data.interactions import InteractionData, Split
+from tests.conftest import data_cfg
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "data"
 
 SMALL_SYNTHETIC = {"n_users": 200, "n_items": 300, "n_interactions": 6000}
 
 
-def ml100k_cfg(root: Path, **overrides: Any) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "name": "toy",
-        "format": "ml100k",
-        "root": str(root),
-        "files": {"ratings": "u.data"},
-        "implicit_threshold": None,
-        "split": {"mode": "ratio", "ratios": [1.0, 0.0, 0.0]},
-    }
-    cfg.update(overrides)
+def updated(cfg: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """``cfg`` with ``overrides``; a dict for ``split`` or ``download`` updates that section."""
+    cfg = copy.deepcopy(cfg)
+    for key, value in overrides.items():
+        sectioned = key in ("split", "download") and isinstance(value, dict)
+        cfg[key] = {**cfg[key], **value} if sectioned else value
     return cfg
+
+
+def local_cfg(name: str, root: Path, /, **overrides: Any) -> dict[str, Any]:
+    """configs/data/<name>.yaml reading <root>/toy/, never downloading, with ``overrides``."""
+    cfg = data_cfg(name, name="toy", root=str(root))
+    cfg["download"]["url"] = None  # nothing here touches the network unless a test names a URL
+    return updated(cfg, **overrides)
+
+
+def ml100k_cfg(root: Path, **overrides: Any) -> dict[str, Any]:
+    """The ml-100k config on a toy u.data: every rating kept, all of it in train."""
+    return local_cfg(
+        "ml-100k", root, **{"implicit_threshold": None, "split": {"ratios": [1.0, 0.0, 0.0]}, **overrides}
+    )
 
 
 def write_ml100k(root: Path, rows: list[tuple[int, int, float, int]], name: str = "toy") -> Path:
@@ -54,13 +67,10 @@ def write_ml100k(root: Path, rows: list[tuple[int, int, float, int]], name: str 
 
 
 def given_cfg(root: Path, valid: str | None = None, valid_ratio: float = 0.0) -> dict[str, Any]:
-    return {
-        "name": "toy",
-        "format": "lightgcn",
-        "root": str(root),
-        "files": {"train": "train.txt", "valid": valid, "test": "test.txt"},
-        "split": {"mode": "given", "valid_ratio": valid_ratio},
-    }
+    """The gowalla config (LightGCN files train.txt / test.txt, given split) on a toy folder."""
+    cfg = local_cfg("gowalla", root, split={"valid_ratio": valid_ratio})
+    cfg["files"]["valid"] = valid
+    return cfg
 
 
 def write_lightgcn(folder: Path, name: str, rows: dict[int, list[int]]) -> Path:
@@ -80,12 +90,11 @@ def keys(split: Split, n_items: int) -> np.ndarray:
 
 
 def synthetic_cfg(seed: int = 0, ratios: list[float] | None = None) -> dict[str, Any]:
-    return {
-        "name": "synthetic",
-        "format": "synthetic",
-        "synthetic": {**SMALL_SYNTHETIC, "seed": seed},
-        "split": {"mode": "ratio", "ratios": ratios or [0.8, 0.1, 0.1]},
-    }
+    cfg = data_cfg("synthetic")
+    cfg["synthetic"].update(SMALL_SYNTHETIC, seed=seed)
+    if ratios is not None:
+        cfg["split"]["ratios"] = ratios
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,27 +252,20 @@ def test_sequence_and_csv_times(tmp_path: Path) -> None:
     (tmp_path / "beauty").mkdir()
     (tmp_path / "beauty" / "Beauty.txt").write_text("1 7 8 9\n2 8 9\n")
     seq = load_dataset(
-        {
-            "name": "beauty",
-            "format": "sequence",
-            "root": str(tmp_path),
-            "files": {"ratings": "Beauty.txt"},
-            "split": {"ratios": [1, 0, 0]},
-        },
-        seed=0,
+        local_cfg("amazon-beauty", tmp_path, name="beauty", kcore=0, split={"ratios": [1, 0, 0]}), seed=0
     )
     assert seq.train.times.tolist() == [0.0, 1.0, 2.0, 0.0, 1.0]
 
     (tmp_path / "shop").mkdir()
     (tmp_path / "shop" / "log.csv").write_text("who,what,when\nann,tea,30\nbob,tea,10\nann,pot,20\n")
-    cfg = {
-        "name": "shop",
-        "format": "csv",
-        "root": str(tmp_path),
-        "files": {"ratings": "log.csv"},
-        "columns": {"user": "who", "item": "what", "time": "when"},
-        "split": {"ratios": [1, 0, 0]},
-    }
+    cfg = local_cfg(
+        "csv",
+        tmp_path,
+        name="shop",
+        files={"ratings": "log.csv"},
+        columns={"user": "who", "item": "what", "time": "when"},
+        split={"ratios": [1, 0, 0]},
+    )
     shop = load_dataset(cfg, seed=0)
     assert shop.user_ids.tolist() == ["ann", "bob"] and shop.item_ids.tolist() == ["pot", "tea"]
     assert shop.train.times.tolist() == [30.0, 10.0, 20.0]
@@ -277,12 +279,26 @@ def test_omegaconf_config_and_unknown_key(tmp_path: Path) -> None:
         load_dataset({**ml100k_cfg(tmp_path), "kcores": 5}, seed=0)
 
 
+def test_a_missing_key_is_a_clear_error_naming_it() -> None:
+    # The YAML holds every value: the loader fills in none, it names what is missing.
+    no_ratios = data_cfg("synthetic")
+    del no_ratios["split"]["ratios"]
+    with pytest.raises(DatasetError, match=r"^data\.split\.ratios is missing; .*configs/data/\*\.yaml"):
+        load_dataset(no_ratios, seed=0)
+    no_kcore = data_cfg("synthetic")
+    del no_kcore["kcore"]
+    with pytest.raises(DatasetError, match=r"^data\.kcore is missing; "):
+        check_config(OmegaConf.create(no_kcore))
+    with pytest.raises(DatasetError, match=r"^data\.download\.url, data\.download\.source are missing; "):
+        check_config(data_cfg("synthetic", download={"archive": None, "sha256": None}))
+
+
 # ----------------------------------------------------------------------------------------------
 # Locating and downloading files
 
 
 def test_dataset_dir_root_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = {"name": "ml-100k", "format": "ml100k"}
+    cfg = data_cfg("ml-100k")
     monkeypatch.setenv("FEDSHARE_DATA", str(tmp_path / "env"))
     assert dataset_dir(cfg) == tmp_path / "env" / "ml-100k"
     assert dataset_dir({**cfg, "root": str(tmp_path / "cfg")}) == tmp_path / "cfg" / "ml-100k"
@@ -292,7 +308,7 @@ def test_dataset_dir_root_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_missing_files_without_url(tmp_path: Path) -> None:
-    cfg = {**given_cfg(tmp_path, valid="valid.txt"), "download": {"source": "the LightGCN++ repository"}}
+    cfg = updated(given_cfg(tmp_path, valid="valid.txt"), download={"source": "the LightGCN++ repository"})
     write_lightgcn(tmp_path / "toy", "valid.txt", {0: [1]})
     with pytest.raises(DatasetError) as err:
         load_dataset(cfg, seed=0)
@@ -370,15 +386,15 @@ def test_download_per_file_never_touches_present_files(tmp_path: Path) -> None:
         name: hashlib.sha256((mirror / name).read_bytes()).hexdigest() for name in ("train.txt", "test.txt")
     }
 
-    bad = {
-        **given_cfg(tmp_path / "data"),
-        "download": {"url": mirror.as_uri() + "/", "sha256": {**digests, "train.txt": "0" * 64}},
-    }
+    bad = updated(
+        given_cfg(tmp_path / "data"),
+        download={"url": mirror.as_uri() + "/", "sha256": {**digests, "train.txt": "0" * 64}},
+    )
     with pytest.raises(DatasetError, match="missing train.txt in .*the download failed: sha256 of train.txt"):
         locate_files(bad)
     assert sorted(p.name for p in folder.iterdir()) == ["test.txt"]
 
-    good = {**bad, "download": {"url": mirror.as_uri() + "/", "sha256": digests}}
+    good = updated(bad, download={"url": mirror.as_uri() + "/", "sha256": digests})
     paths = locate_files(good)
     assert paths == {"train": folder / "train.txt", "test": folder / "test.txt"}
     assert local_test.stat().st_mtime_ns == before and local_test.read_text() == "0 4\n"
@@ -400,7 +416,8 @@ def test_download_without_checksum_is_refused(tmp_path: Path) -> None:
 
 
 def test_synthetic_is_deterministic_with_the_default_size() -> None:
-    a, b = generate_synthetic(), generate_synthetic({"seed": 0})
+    knobs = data_cfg("synthetic")["synthetic"]
+    a, b = generate_synthetic(knobs), generate_synthetic({**knobs, "seed": 0})
     assert (
         np.array_equal(a.users, b.users)
         and np.array_equal(a.items, b.items)
@@ -408,10 +425,19 @@ def test_synthetic_is_deterministic_with_the_default_size() -> None:
     )
     assert len(a) == 100_000 and a.users.max() == 999 and a.items.max() < 2000
     assert len(np.unique(a.users * 2000 + a.items)) == len(a)  # drawn without replacement
-    c = generate_synthetic({"seed": 1})
+    c = generate_synthetic({**knobs, "seed": 1})
     assert not np.array_equal(a.items, c.items)
     counts = np.sort(np.bincount(a.items, minlength=2000))[::-1]
     assert counts[:20].sum() > 10 * counts[-20:].sum()  # heavy head: power-law popularity
+
+
+def test_synthetic_needs_every_knob() -> None:
+    knobs = data_cfg("synthetic")["synthetic"]
+    del knobs["n_items"]
+    with pytest.raises(DatasetError, match=r"^data\.synthetic\.n_items is missing; "):
+        generate_synthetic(knobs)
+    with pytest.raises(DatasetError, match=r"^data\.synthetic must map every generator knob"):
+        load_dataset(data_cfg("synthetic", synthetic=None), seed=0)
 
 
 def test_shipped_configs_share_keys_and_comment_every_key() -> None:
