@@ -1,6 +1,8 @@
 """``python -m fedshare.report RUN_DIR [RUN_DIR ...] --out docs/UNLEARNING.md``: the unlearning page.
 
-The page, its tables, figures and checks live in `fedshare.reporting.unlearning_page`.
+The page, its tables, figures and checks live in `fedshare.reporting.unlearning_page`. When the
+page is in a git work tree, every run folder it names must have files tracked there
+(`fedshare.reporting.records`); otherwise nothing is written and the exit status is 2.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedshare.reporting.unlearning_page import DEFAULT_OUT, read_metrics, render_page, write_atomic
+from fedshare.atomic import write_text
+from fedshare.reporting.records import untracked_records
+from fedshare.reporting.unlearning_page import DEFAULT_OUT, read_metrics, render_page
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,12 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError) as err:
             errors.append(f"run folder {run_dir}: {err}")
     out = Path(opts.out)
+    # the page names every run folder (and links its figures): each must be a committed record
+    errors += untracked_records(out, opts.runs)
     if errors:
         for error in errors:
             print(f"fedshare.report: error: {error}", file=sys.stderr)
         print(f"fedshare.report: nothing written to {out}", file=sys.stderr)
         return 2
-    write_atomic(out, render_page(runs, out, argv, k=opts.k))
+    write_text(out, render_page(runs, out, argv, k=opts.k))
     print(f"wrote {out} ({len(runs)} run(s))")
     return 0
 

@@ -13,24 +13,26 @@ A failed run is reported and the others go on; the exit status is 1 if any faile
 One campaign per runs root at a time: a second one would take the first one's runs for killed ones.
 
 ``--dry-run`` prints what would run; ``--collect-only`` only reads the finished runs.
+When the page and the runs root are in the same git work tree, every finished run the page shows
+must have files tracked there; otherwise nothing is written and the exit status is 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime
 from pathlib import Path
 
+from fedshare.atomic import write_json, write_text
 from fedshare.config import available
+from fedshare.reporting.records import inside, untracked_records, work_tree
 from fedshare.reporting.results_page import (
     DATASETS,
     DEFAULTS,
     METHODS,
     SEEDS,
     K,
-    _write_atomic,
     campaign,
     collect,
     plan,
@@ -67,6 +69,22 @@ def parser(labels: list[str]) -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the runs' commands; run and write nothing"
     )
     return p
+
+
+def record_errors(out: Path, runs_root: Path, collected: dict) -> list[str]:
+    """Errors for the finished runs the page would show that git does not track (see
+    `fedshare.reporting.records`); checked only when the page and the runs root are in the same
+    git work tree (a page written outside a repository is not checked)."""
+    top = work_tree(out.parent)
+    if top is None or not inside(runs_root, top):
+        return []
+    folders = [
+        run["folder"]
+        for rows in collected.values()
+        for entry in rows.values()
+        for run in entry["runs"].values()
+    ]
+    return untracked_records(out, folders)
 
 
 def _split_list(text: str) -> list[str]:
@@ -141,9 +159,15 @@ def main(argv: list[str] | None = None, methods: list[tuple[str, list[str]]] | N
         return 0
 
     collected = collect(runs)
+    errors = record_errors(Path(opts.out), runs_root, collected)
+    if errors:
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+        print(f"nothing written to {opts.out} or {runs_root / 'results.json'}", file=sys.stderr)
+        return 2
     generated = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     page = render(collected, command, generated, opts.runs_root)
-    _write_atomic(Path(opts.out), page)
+    write_text(Path(opts.out), page)
     payload = {
         "generated": generated,
         "command": command,
@@ -151,7 +175,7 @@ def main(argv: list[str] | None = None, methods: list[tuple[str, list[str]]] | N
         "std": "sample (ddof=1)",
         "datasets": collected,
     }
-    _write_atomic(runs_root / "results.json", json.dumps(payload, indent=2) + "\n")
+    write_json(runs_root / "results.json", payload)
 
     counts = {s: sum(o.status == s for o in outcomes) for s in ("trained", "reused", "failed", "missing")}
     print(
