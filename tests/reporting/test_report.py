@@ -18,7 +18,7 @@ from fedshare import atomic
 from fedshare import report as report_cli
 from fedshare.reporting import unlearning_page as report
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "unlearning_report.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "unlearning_report.ipynb"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 LEARN = {
@@ -269,7 +269,7 @@ def test_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # ------------------------------------------------------------------------------- results page
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMMAND = "python -m fedshare.train experiment=fedshare_unlearn data=ml-1m data.root=/data/datasets"
 # every check passes: recall gap 0.42%, MIA gap 0.0300, forget 0.0400 <= 0.5500, 60.0x,
 # storage 10.00% of fru's and 2.50% of fedEraser's

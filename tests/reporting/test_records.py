@@ -15,9 +15,9 @@ import pytest
 from fedshare import report as report_cli
 from fedshare import results as results_cli
 from fedshare.reporting.records import untracked_records, work_tree
-from tests.test_report import make_run
+from tests.reporting.test_report import make_run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RECORDS = "docs/runs"
 # a Markdown link's target, and a path into docs/runs/ written in the text (relative to the root)
 LINK = re.compile(r"\]\((?:<([^>]+)>|([^)\s]+))(?:\s+\"[^\"]*\")?\)")
