@@ -9,6 +9,7 @@ folder entry is fsync'd too. The ledger's appends are fsync'd by the ledger itse
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -54,3 +55,12 @@ def write_text(path: Path, text: str) -> None:
 def write_json(path: Path, payload: Any) -> None:
     """``payload`` as indented JSON with sorted keys (NaN kept as NaN), atomically."""
     write_text(path, json.dumps(payload, indent=2, sort_keys=True, allow_nan=True) + "\n")
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (downloads and stores are checked by it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -10,7 +10,6 @@ are already 0..n-1 (the LightGCN splits) keeps them, and published numbers stay 
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import os
 import shutil
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from fedshare.atomic import sha256_file
 from fedshare.data.interactions import InteractionData, Split
 from fedshare.data.readers import EXPECTS, READERS, DatasetError, RawColumns, read_file
 
@@ -300,14 +300,6 @@ def _fetch(url: str, dest: Path) -> None:
         shutil.copyfileobj(response, out, 1 << 20)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _zip_member(zf: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
     # Archives often wrap the files in a folder (ml-100k.zip holds ml-100k/u.data): match by
     # base name, preferring the shallowest member.
@@ -359,7 +351,7 @@ def _download(folder: Path, names: list[str], dl: dict[str, Any]) -> None:
                 _fetch(url + name if url.endswith("/") else url, fetched[name])
         # Check every file before placing any, so a bad download leaves the folder as it was.
         for name, path in fetched.items():
-            digest = _sha256(path)
+            digest = sha256_file(path)
             if name not in expected:
                 raise DatasetError(
                     f"no checksum for {name} in data.download.sha256, so it is not trusted "

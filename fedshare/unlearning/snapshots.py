@@ -29,7 +29,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 from torch import Tensor
 
-from fedshare.atomic import replace_file
+from fedshare.atomic import replace_file, sha256_file
 
 SPEC_KEY = "unlearn.snapshots"
 MANIFEST = "manifest.json"
@@ -74,14 +74,6 @@ def snapshot_rounds(spec: object, rounds: int) -> list[int]:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class SnapshotStore:
@@ -182,7 +174,7 @@ class SnapshotStore:
             "file": name,
             "shapes": {k: list(v.shape) for k, v in sorted(cpu.items())},
             "dtypes": {k: _dtype_name(v.dtype) for k, v in sorted(cpu.items())},
-            "sha256": _sha256_file(path),
+            "sha256": sha256_file(path),
             "bytes": path.stat().st_size,
         }
         self._write_manifest([*entries, entry])
