@@ -17,11 +17,17 @@ processes, the server's step) and ``inprocess_round_s``.
 ``eval``: full-ranking evaluation (score all items, mask history, top-K, metrics) of every
 user with held-out items, as the test stage runs it: ``eval_s``.
 
+``scale``: FedShare and FedMF rounds and evaluation on generated data of 10k to 1M users (100k
+items, 50 interactions per user), each in its own process: a table and a log-log picture of
+seconds and peak memory against interactions in ``docs/`` (``bench.out``), with the slopes.
+``bench.max_users=N`` stops at N users.
+
 Every benchmark prints a human-readable report and, as its last line, one JSON object.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
@@ -31,6 +37,11 @@ from fedshare.config import ConfigError, compose
 from fedshare.data.readers import DatasetError
 from fedshare.run.runtime import tune_allocator
 
+# The benchmarks' own options (bench.KEY=VALUE) and their defaults; each benchmark takes those
+# its function names: repeats (timed repeats), reference (also time the per-client reference),
+# max_users (scale: largest size, 0 = all), out (scale: folder of its table and picture).
+OPTIONS = {"repeats": 5, "reference": True, "max_users": 0, "out": "docs"}
+
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -39,19 +50,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: python -m fedshare.bench {{{','.join(BENCHMARKS)}}} [key=value ...]\n{__doc__}")
         return 2
     name, rest = args[0], args[1:]
-    options = {"repeats": 5, "reference": True}
+    fn = BENCHMARKS[name]
+    accepted = [k for k in inspect.signature(fn).parameters if k != "cfg"]
+    options = {k: v for k, v in OPTIONS.items() if k in accepted}
     overrides = []
-    for arg in rest:  # bench.repeats=N / bench.reference=false are options of the benchmark itself
+    for arg in rest:  # bench.KEY=VALUE: options of the benchmark itself, not of the run's config
         if arg.startswith("bench."):
             key, _, value = arg[len("bench.") :].partition("=")
             if key not in options:
                 print(
-                    f"config error: unknown benchmark option 'bench.{key}'; accepted: "
+                    f"config error: unknown option 'bench.{key}' of the {name} benchmark; accepted: "
                     + ", ".join(f"bench.{k}" for k in options),
                     file=sys.stderr,
                 )
                 return 2
-            options[key] = value.lower() in ("1", "true", "yes") if key == "reference" else int(value)
+            default = OPTIONS[key]
+            try:
+                options[key] = (
+                    value.lower() in ("1", "true", "yes")
+                    if isinstance(default, bool)
+                    else type(default)(value)
+                )
+            except ValueError:
+                print(
+                    f"config error: bench.{key}={value!r} is not a {type(default).__name__}", file=sys.stderr
+                )
+                return 2
         else:
             overrides.append(arg)
     if name == "flower":
@@ -65,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tune_allocator()
     try:
-        result = BENCHMARKS[name](cfg, **options)
+        result = fn(cfg, **options)
     except (DatasetError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

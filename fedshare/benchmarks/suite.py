@@ -4,11 +4,12 @@ Each is ``fn(cfg, repeats, reference) -> dict`` in `BENCHMARKS`; its figures com
 runs on real data, never from tests.
 """
 
-
 from __future__ import annotations
 
 import json
 import logging
+import math
+import multiprocessing
 import statistics
 import tempfile
 import time
@@ -17,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from datamodules import FederatedDataModule
-from fedshare.config import ConfigError
+from fedshare.atomic import write_text
+from fedshare.config import ConfigError, compose
 from fedshare.federated.rounds import (
     client_round,
     client_round_reference,
@@ -28,7 +30,7 @@ from fedshare.federated.rounds import (
     fedavg_rows,
     plan_round,
 )
-from fedshare.run.runtime import peak_rss_mb
+from fedshare.run.runtime import peak_rss_mb, tune_allocator
 
 log = logging.getLogger("fedshare.bench")
 
@@ -196,7 +198,12 @@ def bench_flower(cfg, repeats: int, reference: bool) -> dict[str, Any]:
         raise ConfigError(f"bench flower runs model=fedshare; got model={cfg.model.name}")
     with tempfile.TemporaryDirectory(prefix="fedshare-bench-flower-") as tmp:
         run = OmegaConf.merge(
-            cfg, {"fed": {"rounds": repeats}, "eval": {"every": repeats + 1}, "paths": {"output_dir": f"{tmp}/run"}}
+            cfg,
+            {
+                "fed": {"rounds": repeats},
+                "eval": {"every": repeats + 1},
+                "paths": {"output_dir": f"{tmp}/run"},
+            },
         )
         OmegaConf.set_readonly(run, True)
         t0 = time.perf_counter()
@@ -222,4 +229,191 @@ def bench_flower(cfg, repeats: int, reference: bool) -> dict[str, Any]:
     }
 
 
-BENCHMARKS = {"round": bench_round, "eval": bench_eval, "propagate": bench_propagate, "flower": bench_flower}
+# ---- scale --------------------------------------------------------------------------------------
+# ``python -m fedshare.bench scale``: how rounds and evaluation grow with the data.
+#
+# At each size of `SIZES` (users; `ITEMS` items; `PER_USER` interactions per user, so the
+# interactions grow with the users) the generated dataset (``data=synthetic`` with those sizes)
+# is measured in its own fresh process, one after the other, so that each peak memory is that
+# size's own:
+#
+# - ``fedshare_round_s``: a whole FedShare round as training runs it (`bench round`);
+# - ``fedmf_round_s``: FedMF's vectorized client phase on the same data (`bench round
+#   experiment=fedmf`, no per-client reference);
+# - ``eval_s``: full-ranking evaluation of every user with test items (`bench eval`).
+#
+# It writes a table (``scale.md``) and a log-log picture of seconds and peak memory against
+# interactions (``scale.png``) into ``docs/`` (``bench.out``) and prints, as its last line, one
+# JSON object with every measure and the fitted log-log slopes (1.0: cost linear in the
+# interactions).
+SIZES = (10_000, 30_000, 100_000, 300_000, 1_000_000)  # users
+ITEMS = 100_000
+PER_USER = 50  # interactions per user: 10M at 100k users, 50M at 1M
+# (key in the result, benchmark, experiment): what is measured at each size
+MEASURES = (
+    ("fedshare_round", "round", "fedshare"),
+    ("fedmf_round", "round", "fedmf"),
+    ("eval", "eval", "fedshare"),
+)
+
+
+def size_config(cfg: DictConfig, users: int, experiment: str) -> DictConfig:
+    """``experiment`` on the generated dataset of ``users`` users (`ITEMS` items, `PER_USER`
+    each). FedShare keeps the caller's ``model`` keys (``bench scale model.server_steps=20``
+    times the full-graph step at scale); both keep the caller's ``fed``, ``eval`` and ``seed``."""
+    base = compose(
+        [
+            "logger=none",
+            f"experiment={experiment}",
+            "data=synthetic",
+            f"data.synthetic.n_users={users}",
+            f"data.synthetic.n_items={ITEMS}",
+            f"data.synthetic.n_interactions={PER_USER * users}",
+        ]
+    )
+    keys = ("fed", "eval", "seed", "sharing") + (("model",) if experiment == cfg.model.name else ())
+    out = OmegaConf.merge(base, {k: cfg[k] for k in keys})
+    OmegaConf.set_readonly(out, True)
+    return out
+
+
+def _measure(yaml: str, kind: str, repeats: int) -> dict[str, Any]:
+    """One measure in this (fresh) process: ``kind`` is ``round`` or ``eval``."""
+    cfg = OmegaConf.create(yaml)
+    OmegaConf.set_readonly(cfg, True)
+    tune_allocator()
+    t0 = time.perf_counter()
+    if kind == "round":
+        result = bench_round(cfg, repeats, reference=False)
+    else:
+        result = bench_eval(cfg, 1, reference=False)
+    result["process_s"] = time.perf_counter() - t0
+    return result
+
+
+def run_fresh(yaml: str, kind: str, repeats: int) -> dict[str, Any]:
+    """`_measure` in a new process (spawned: nothing inherited, its peak memory its own)."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1, maxtasksperchild=1) as pool:
+        return pool.apply(_measure, (yaml, kind, repeats))
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ``log y`` on ``log x`` (1.0: linear growth)."""
+    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys, strict=True) if x > 0 and y > 0]
+    if len(pts) < 2:
+        return float("nan")
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    den = sum((p[0] - mx) ** 2 for p in pts)
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / den if den else float("nan")
+
+
+def table(rows: list[dict[str, Any]], slopes: dict[str, float], command: str) -> str:
+    lines = [
+        "# Scaling: seconds and peak memory against interactions",
+        "",
+        f"Measured by `{command}` (2 cores, one process per measure, one after the other).",
+        f"Generated data (`data=synthetic`): {PER_USER} interactions per user, {ITEMS:,} items.",
+        "",
+        "| users | items | interactions (train) | shared edges | FedShare round s | server s | client s "
+        "| FedMF round s | eval s | peak GB (FedShare / FedMF / eval) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['users']:,} | {r['items']:,} | {r['interactions']:,} | {r['shared_edges']:,} "
+            f"| {r['fedshare_round_s']:.2f} | {r['fedshare_server_s']:.2f} | {r['fedshare_client_s']:.2f} "
+            f"| {r['fedmf_round_s']:.2f} | {r['eval_s']:.2f} | {r['fedshare_round_peak_gb']:.1f} "
+            f"/ {r['fedmf_round_peak_gb']:.1f} / {r['eval_peak_gb']:.1f} |"
+        )
+    lines += ["", "Log-log slopes against interactions (1.0 = linear):", ""]
+    lines += [f"- {k}: {v:.2f}" for k, v in slopes.items()]
+    lines += ["", "![seconds and peak memory against interactions](scale.png)", ""]
+    return "\n".join(lines)
+
+
+LABELS = {"fedshare_round": "FedShare round", "fedmf_round": "FedMF round", "eval": "evaluation"}
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib  # plotting: only this benchmark
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["interactions"] for r in rows]
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in LABELS.items():
+        ax_t.loglog(x, [r[f"{key}_s"] for r in rows], "o-", label=label)
+        ax_m.loglog(x, [r[f"{key}_peak_gb"] for r in rows], "o-", label=label)
+    ax_t.set(xlabel="train interactions", ylabel="seconds", title="time")
+    ax_m.set(xlabel="train interactions", ylabel="peak memory (GB)", title="peak memory")
+    for ax in (ax_t, ax_m):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+SECONDS = {"fedshare_round": "round_s", "fedmf_round": "vectorized_s", "eval": "eval_s"}
+
+
+def bench_scale(cfg: DictConfig, repeats: int, reference: bool, max_users: int, out: str) -> dict[str, Any]:
+    """Every size of `SIZES` up to ``max_users`` (0: all), measured as the module says."""
+    sizes = [u for u in SIZES if not max_users or u <= max_users] or [max_users]
+    rows = []
+    for users in sizes:
+        row: dict[str, Any] = {"users": users, "items": ITEMS}
+        for key, kind, experiment in MEASURES:
+            log.info("[scale] %s users: %s ...", f"{users:,}", key)
+            t0 = time.perf_counter()
+            yaml = OmegaConf.to_yaml(size_config(cfg, users, experiment))
+            result = run_fresh(yaml, kind, max(1, repeats))
+            row[f"{key}_s"] = float(result[SECONDS[key]])
+            row[f"{key}_peak_gb"] = float(result["peak_rss_mb"]) / 1024
+            if key == "fedshare_round":
+                row.update(
+                    interactions=int(result["interactions"]),
+                    fedshare_client_s=float(result["client_s"]),
+                    fedshare_server_s=float(result["server_s"]),
+                    shared_edges=int(result["shared_edges"]),
+                )
+            log.info(
+                "[scale]   %.2f s, peak %.1f GB (%.0f s with data and setup)",
+                row[f"{key}_s"],
+                row[f"{key}_peak_gb"],
+                time.perf_counter() - t0,
+            )
+        rows.append(row)
+    x = [r["interactions"] for r in rows]
+    slopes = {
+        f"{key}_{what}": slope(x, [r[f"{key}_{what}"] for r in rows])
+        for key in LABELS
+        for what in ("s", "peak_gb")
+    }
+    folder = Path(out)
+    command = f"python -m fedshare.bench scale bench.repeats={repeats}"
+    command += f" bench.max_users={max_users}" if max_users else ""
+    write_text(folder / "scale.md", table(rows, slopes, command))
+    plot(rows, folder / "scale.png")
+    return {
+        "benchmark": "scale",
+        "dataset": "synthetic",
+        "rows": rows,
+        "slopes": slopes,
+        "table": str(folder / "scale.md"),
+    }
+
+
+BENCHMARKS = {
+    "round": bench_round,
+    "eval": bench_eval,
+    "propagate": bench_propagate,
+    "flower": bench_flower,
+    "scale": bench_scale,
+}

@@ -33,10 +33,40 @@ def mask_history(scores: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     return scores
 
 
+BLOCK = 128  # items per block of `block_topk` (a row's block maxima: n_items / 128 values)
+
+
+def block_topk(scores: Tensor, k: int) -> Tensor:
+    """The item ids of each row's ``k`` best scores, best first: ``torch.topk(scores, k).indices``.
+
+    ``torch.topk`` over 100,000 items per row costs about as much as the score product itself
+    on a CPU. In two stages it reads the row once: the row's maxima per block of `BLOCK` items
+    (one vectorized ``amax``), the ``k`` blocks with the largest maxima, then one small ``topk``
+    over those blocks' ``k * BLOCK`` scores. Exact: an item outside the ``k`` best blocks has at
+    least ``k`` block maxima at or above it, so it is not among the ``k`` best (only which of
+    several equal scores is taken may differ, as with ``torch.topk`` itself). Rows of fewer
+    than ``4 * k`` blocks go to ``torch.topk`` directly.
+    """
+    n_batch, n_items = scores.shape
+    k = min(k, n_items)
+    n_blocks = n_items // BLOCK
+    if n_blocks < 4 * k:
+        return torch.topk(scores, k, dim=1, sorted=True).indices
+    whole = n_blocks * BLOCK
+    maxima = scores[:, :whole].unflatten(1, (n_blocks, BLOCK)).amax(dim=2)  # [B, n_blocks]
+    best = torch.topk(maxima, k, dim=1, sorted=False).indices  # [B, k] block ids
+    cand = (best.unsqueeze(2) * BLOCK + torch.arange(BLOCK, device=scores.device)).flatten(1)
+    if whole < n_items:  # the last partial block is always a candidate
+        tail = torch.arange(whole, n_items, device=scores.device).expand(n_batch, -1)
+        cand = torch.cat([cand, tail], dim=1)
+    top = torch.topk(scores.gather(1, cand), k, dim=1, sorted=True).indices
+    return cand.gather(1, top)
+
+
 def topk_hits(scores: Tensor, target_rows: Tensor, target_cols: Tensor, k: int) -> Tensor:
     """Bool ``[B, k]``: ``hit[b, r]`` is true when the item ranked ``r`` for user ``b`` is a target.
 
-    One ``torch.topk(scores, k)``; the targets (``target_rows`` = batch positions, ``target_cols``
+    One top-k (:func:`block_topk`); the targets (``target_rows`` = batch positions, ``target_cols``
     = item ids) become sorted keys ``row * n_items + col`` and each top-k entry is looked up with
     one ``searchsorted``. That is the same as gathering from a dense ``[B, n_items]`` target
     matrix, without allocating and zeroing it (25x faster on CPU at Gowalla size). When ``k``
@@ -46,7 +76,7 @@ def topk_hits(scores: Tensor, target_rows: Tensor, target_cols: Tensor, k: int) 
     if k < 1:
         raise ValueError(f"topk_hits: k must be >= 1, got {k}")
     n_batch, n_items = scores.shape
-    top = torch.topk(scores, min(k, n_items), dim=1, sorted=True).indices
+    top = block_topk(scores, k)
     device = scores.device
     rows = target_rows.to(device=device, dtype=torch.long)
     cols = target_cols.to(device=device, dtype=torch.long)

@@ -180,3 +180,18 @@ def test_runs_on_cuda():
     metric.update(hits, torch.tensor([1, 0, 1, 0], device="cuda"), torch.tensor([0, 0, 1, 1], device="cuda"))
     out = metric.compute()
     assert out["recall@10"].device.type == "cuda"
+
+
+@pytest.mark.parametrize("n_items", [4 * 20 * 128, 100_003])
+def test_block_topk_is_torch_topk(n_items: int) -> None:
+    """The two-stage top-k (block maxima, then the best blocks) returns torch.topk's items, in
+    order, with masked (-inf) history and a partial last block."""
+    from fedshare.eval.ranking import block_topk
+
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(9, n_items, generator=g)
+    scores[0, : n_items // 2] = float("-inf")  # half the row is history
+    scores[1, -50:] += 10  # the best items in the partial last block
+    scores[2, 128 * 7 : 128 * 8] += 10  # all the best items in one block
+    assert torch.equal(block_topk(scores, 20), torch.topk(scores, 20, dim=1).indices)
+    assert torch.equal(block_topk(scores[:, :300], 20), torch.topk(scores[:, :300], 20, dim=1).indices)
