@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from fedshare.federated.fedshare import GraphServer, make_clients, round_logs
+from fedshare.graph.lightgcn import adam
 from fedshare.seeding import torch_generator
 from lightning_modules.fedmf import FedMFModule
 from lightning_modules.ranking import RankingModule
@@ -117,7 +118,7 @@ class FedShareModule(FedMFModule):
         self.clients.attach_data(dm.train, dm.shared, dm.share_start)
 
     def configure_optimizers(self):
-        return torch.optim.Adam([self.server.user0, self.server.item0], lr=self.hparams.server_graph_lr)
+        return adam([self.server.user0, self.server.item0], self.hparams.server_graph_lr)
 
     def training_step(self, batch: object, batch_idx: int) -> None:
         logs = self.run_round(self.current_epoch + 1, self.optimizers().optimizer)
@@ -136,7 +137,7 @@ class FedShareModule(FedMFModule):
         return round_logs(self, sums, cohort, views, server_losses, t1 - t0, t2 - t1)
 
     def score_users(self, users: Tensor) -> Tensor:
-        return self.clients.score(users, self.server.item_emb, self.server.views(pool=False), self.beta)
+        return self.clients.score(users, self.server.item_emb, self.server.views(users, pool=False), self.beta)
 
     def server_state(self) -> dict[str, Tensor]:
         return self.server.state()

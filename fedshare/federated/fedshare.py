@@ -156,16 +156,16 @@ class FedShareClients(FedMFClients):
 
         ``beta_u = beta``, or ``beta * |S_u|/|D_u|`` with ``share_weighted`` (likewise the
         alignment's ``lambda_u``): a user who shares little has a thin global view."""
-        scores = self.user_emb[users] @ item_table.T
+        rows = self.user_emb.index_select(0, users)
         if views is None or beta == 0 or views.n_sharing == 0:
-            return scores
+            return rows @ item_table.T
         pos = torch.searchsorted(views.users, users).clamp_max(views.n_sharing - 1)
-        has = torch.nonzero(views.users.index_select(0, pos) == users).squeeze(1)
-        if has.numel():
-            fused = views.user_views.index_select(0, pos.index_select(0, has)) @ views.item_views.T
-            w = self.weight.index_select(0, users.index_select(0, has)).unsqueeze(1)
-            scores.index_add_(0, has, fused.mul_(w * beta))
-        return scores
+        has = views.users.index_select(0, pos) == users
+        # One product of width 2d, [p_u, c_u z_u] . [q_i, z_i] with c_u = beta_u for a sharing
+        # user and 0 otherwise: the same sum as two products, one pass over the [B, n_items] scores.
+        coef = torch.where(has, self.weight.index_select(0, users) * beta, 0.0).unsqueeze(1)
+        z = views.user_views.index_select(0, pos) * coef
+        return torch.cat([rows, z], dim=1) @ torch.cat([item_table, views.item_views], dim=1).T
 
 
 CLIENT_KEYS = (
@@ -244,6 +244,7 @@ class GraphServer(FedAvgServer):
         self.graph = SharedGraph(n_users, n_items)
         self.sampler: EdgeSampler | None = None
         self._sharing: Tensor | None = None
+        self._is_sharing: Tensor | None = None  # [n_users] bool, with _sharing
         self.step_gen = torch_generator(seed, "server-step")
         self.pool_gen = torch_generator(seed, "view-pool")
 
@@ -273,6 +274,8 @@ class GraphServer(FedAvgServer):
         if self._sharing is None or self._sharing.device != self.item_emb.device:
             users, _ = self._on_device().edges()
             self._sharing = torch.unique(users).to(self.item_emb.device)
+            self._is_sharing = torch.zeros(self.n_users, dtype=torch.bool, device=self.item_emb.device)
+            self._is_sharing[self._sharing] = True
         return self._sharing
 
     # ---- the round -----------------------------------------------------------------------------
@@ -282,7 +285,10 @@ class GraphServer(FedAvgServer):
         sharing = self.sharing_users()
         if sharing.numel() == 0:
             return None
-        users = sharing if cohort is None else sharing[torch.isin(sharing, cohort)]
+        if cohort is None:
+            users = sharing
+        else:  # the cohort's sharing users, sorted: one lookup per cohort user, not per sharing user
+            users = torch.sort(cohort[self._is_sharing[cohort]]).values
         n_pool = min(self.cl_negatives, sharing.numel()) if pool else 0
         pick = torch.randint(sharing.numel(), (n_pool,), generator=self.pool_gen)
         pool_users = sharing.index_select(0, pick.to(sharing.device))

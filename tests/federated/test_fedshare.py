@@ -216,3 +216,21 @@ def test_lambda_cl_zero_switches_off_every_alignment() -> None:
     assert on.clients.lambda_cl == 0.001 and on.server.lambda_cl == 1.0
     fallback = FedShareModule(5, 6, **model_kwargs("fedshare", lambda_cl=0.3, lambda_item=None))
     assert fallback.server.lambda_cl == 0.3
+
+
+def test_views_of_a_cohort_are_its_sharing_users_sorted(tiny: list[str]) -> None:
+    from fedshare.run.build import new_model
+
+    model = new_model(compose([*tiny, "logger=none", "experiment=fedshare"]), 40, 50)
+    g = torch.Generator().manual_seed(0)
+    users = torch.randint(0, 40, (60,), generator=g)
+    items = torch.randint(0, 50, (60,), generator=g)
+    keys = torch.unique(users * 50 + items)
+    model.server.receive_shares(keys // 50, keys % 50, 1)
+    model.server.refresh_views()
+    sharing = torch.unique(keys // 50)
+    cohort = torch.randperm(40, generator=g)[:25]
+    views = model.server.views(cohort, pool=False)
+    assert torch.equal(views.users, sharing[torch.isin(sharing, cohort)])
+    assert torch.equal(views.user_views, model.server.user_view[views.users])
+    assert model.server.views(torch.tensor([u for u in range(40) if u not in sharing]), pool=False).n_sharing == 0
