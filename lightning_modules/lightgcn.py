@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fedshare.graph.lightgcn import EdgeSampler, bpr_loss
+from fedshare.graph.lightgcn import EdgeSampler, adam, bpr_loss
 from fedshare.graph.shared_graph import SharedGraph
 from fedshare.seeding import torch_generator
 from lightning_modules.ranking import RankingModule
@@ -55,7 +55,7 @@ class LightGCNModule(RankingModule):
         self.sampler = EdgeSampler(self.graph)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return adam(self.parameters(), self.hparams.lr)
 
     def _graph(self) -> SharedGraph:
         if self.graph.device != self.device:

@@ -15,6 +15,17 @@ from torch import Tensor
 from fedshare.graph.shared_graph import SharedGraph
 
 
+def adam(params, lr: float) -> torch.optim.Adam:
+    """The Adam of every graph model (FedShare's server, the centralized LightGCN, unlearning).
+
+    ``fused=True``: one pass over each table per step instead of about a dozen elementwise
+    passes. The tables are node-sized (1.1M x 64 floats at a million users), so this is most of
+    a graph step's cost at scale: ~1.7 s against ~0.4 s per step on a 1.1M x 64 table here.
+    Same update up to float rounding (1e-7 after 20 steps).
+    """
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
 class EdgeSampler:
     """Uniform minibatches of a graph's edges with negatives the user has no edge to.
 

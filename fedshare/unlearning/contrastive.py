@@ -72,7 +72,7 @@ class SnapshotRecorder(Recorder):
 def contrastive(ctx: UnlearnContext):
     """Snapshot-anchored contrastive unlearning on the affected neighbourhood (module docstring)."""
     # the server's graph (DGL): imported here so that a process reading the registry does not load it
-    from fedshare.graph.lightgcn import EdgeSampler, bpr_loss
+    from fedshare.graph.lightgcn import EdgeSampler, adam, bpr_loss
     from fedshare.graph.shared_graph import SharedGraph
 
     opts = ctx.options  # unlearn.contrastive (configs/config.yaml)
@@ -126,7 +126,7 @@ def contrastive(ctx: UnlearnContext):
     movable = weight >= float(opts["min_weight"])  # nodes the revoked edges shaped enough
     frozen_u[aff_u[movable[: aff_u.numel()]]] = False
     frozen_i[aff_i[movable[aff_u.numel() :]]] = False
-    optimizer = torch.optim.Adam([server.user0, server.item0], lr=lr)
+    optimizer = adam([server.user0, server.item0], lr)
     for _ in range(steps):
         with torch.enable_grad():
             zu, zi = graph.propagate(server.user0, server.item0, layers)
