@@ -67,3 +67,42 @@ def test_unknown_benchmark_or_option(capsys: pytest.CaptureFixture) -> None:
     assert bench.main(["nope"]) == 2
     assert bench.main(["round", "bench.repeat=3"]) == 2
     assert "bench.repeats" in capsys.readouterr().err
+    # an option of another benchmark is refused by name, a bad value by type
+    assert bench.main(["round", "bench.max_users=10"]) == 2
+    assert "of the round benchmark" in capsys.readouterr().err
+    assert bench.main(["scale", "bench.max_users=ten"]) == 2
+    assert "is not a int" in capsys.readouterr().err
+
+
+def test_scale_benchmark_writes_table_picture_and_json(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Its plumbing at two tiny sizes, each measure run in this process instead of a fresh one
+    (the real figures come from the real command, docs/scale.md)."""
+    monkeypatch.setattr(suite, "SIZES", (150, 300))
+    monkeypatch.setattr(suite, "ITEMS", 200)
+    monkeypatch.setattr(suite, "PER_USER", 12)
+    calls = []
+
+    def in_process(yaml: str, kind: str, repeats: int) -> dict:
+        calls.append(kind)
+        return suite._measure(yaml, kind, repeats)
+
+    monkeypatch.setattr(suite, "run_fresh", in_process)
+    args = ["scale", "bench.repeats=1", f"bench.out={tmp_path}", "eval.batch_users=64"]
+    assert bench.main([*args, "trainer.enable_progress_bar=false"]) == 0
+    result = _last_json(capsys)
+    assert calls == ["round", "round", "eval"] * 2
+    assert [r["users"] for r in result["rows"]] == [150, 300]
+    for row in result["rows"]:
+        assert row["interactions"] > 0 and row["fedshare_round_s"] > 0 and row["eval_s"] > 0
+    assert set(result["slopes"]) == {f"{k}_{w}" for k in suite.LABELS for w in ("s", "peak_gb")}
+    table = (tmp_path / "scale.md").read_text()
+    assert "| 150 | 200 |" in table and "| 300 | 200 |" in table
+    assert (tmp_path / "scale.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_slope_of_a_power_law() -> None:
+    xs = [1e3, 1e4, 1e5]
+    assert suite.slope(xs, [2 * x for x in xs]) == pytest.approx(1.0)
+    assert suite.slope(xs, [x**2 for x in xs]) == pytest.approx(2.0)
