@@ -5,6 +5,10 @@ drop duplicate (user, item) pairs -> k-core -> remap ids to 0..n-1 -> split.
 
 Ids are remapped in sorted raw-id order over all splits together, so a dataset whose raw ids
 are already 0..n-1 (the LightGCN splits) keeps them, and published numbers stay comparable.
+
+Every step is linear in the interactions and builds no users x items array, so the
+million-user synthetic preset (``data=synthetic-1m``, 50M interactions) loads in a few GB;
+steps that would copy a column for nothing (a single file, k-core off, no duplicates) skip it.
 """
 
 from __future__ import annotations
@@ -389,17 +393,48 @@ def _place(src: Path, dest: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Synthetic data
+#
+# Each user draws its items without replacement with weights w_i = exp(logit_i), the logit being
+# -popularity_exponent * log1p(popularity_rank_i) + affinity * [c_u == c_i]. The weights depend on
+# the user only through its community, so one CDF per community serves all of its users, and no
+# users x items array is ever built: memory is linear in the interactions (plus one n_items row).
+
+# A sparse chunk holds the users of one community whose degrees sum to at most this many draws:
+# its int64 keys and float64 uniforms stay near 32 MiB each, whatever the dataset size.
+_SYNTHETIC_CHUNK = 1 << 22
+# Dense rows: at most this many scores (users x n_items) in one Gumbel-top-k block.
+_SYNTHETIC_DENSE_BLOCK = 1 << 22
+# A user goes to the dense path (_needs_dense) when the sparse loop would crawl or cost more than
+# its row. With tail(k) the weight outside the k heaviest items (a share of the total), each draw
+# before the d-th distinct item is new with probability >= tail(d - 1): below this floor, topping
+# up the last few items would take hundreds of rounds.
+_SYNTHETIC_DENSE_TAIL = 0.05
 
 
 def generate_synthetic(knobs: Mapping[str, Any]) -> RawColumns:
     """Implicit feedback with power-law item popularity and latent communities.
 
     Every user and item belongs to one of ``n_communities``; user ``u`` picks item ``i`` with
-    logit ``-popularity_exponent * log(rank_i + 1) + affinity * [c_u == c_i]``. Each user's
-    items are a Gumbel-top-k sample (k = the user's activity) from its logit row, i.e. drawn
-    without replacement. Popularity alone ranks poorly because most of a user's items come
-    from its community, which a factorisation model recovers. Deterministic given ``seed``.
-    ``knobs`` names every one of :data:`SYNTHETIC_KNOBS` (``data.synthetic`` of the YAML).
+    logit ``-popularity_exponent * log(rank_i + 1) + affinity * [c_u == c_i]``, and draws its
+    ``d_u`` items (its activity) without replacement with weights ``exp(logit)``, i.e. a
+    Plackett-Luce / Gumbel-top-k sample. Popularity alone ranks poorly because most of a user's
+    items come from its community, which a factorisation model recovers.
+
+    Drawing: per community, one CDF over the items; all users of a community draw ``d_u`` items
+    with replacement (``searchsorted`` on the CDF), repeats are dropped, and the users still short
+    draw again exactly the number they miss, in rounds. Keeping the first ``d_u`` distinct items
+    of an i.i.d. stream is sequential sampling without replacement (each new item is drawn in
+    proportion to its weight among the items not yet taken), so this is the same distribution as
+    the Gumbel-top-k; drawing exactly the missing number never overshoots, because a round can
+    only complete a user on its last draw. A user for whom that loop would crawl or cost more
+    than one pass over its row (little weight left outside its ``d_u - 1`` heaviest items, e.g.
+    a degree near ``n_items``; see ``_SYNTHETIC_DENSE_TAIL``) gets the old Gumbel-top-k on its own
+    row instead, a bounded block of rows at a time.
+
+    Memory is linear in the interactions plus O(n_items); no users x items array exists.
+    Items come sorted within each user, users ascending; times are uniform over the span.
+    Deterministic given ``seed``. ``knobs`` names every one of :data:`SYNTHETIC_KNOBS`
+    (``data.synthetic`` of the YAML).
     """
     if not isinstance(knobs, Mapping):
         raise DatasetError(
@@ -433,16 +468,113 @@ def generate_synthetic(knobs: Mapping[str, Any]) -> RawColumns:
     # Clipping at n_items only bites for absurd knobs; the total is then slightly below target.
     degrees = np.minimum(degrees, n_items)
 
-    logits = np.where(user_comm[:, None] == item_comm[None, :], np.float32(k["affinity"]), np.float32(0))
-    logits += (-float(k["popularity_exponent"]) * np.log1p(popularity_rank)).astype(np.float32)[None, :]
-    logits += rng.gumbel(size=(n_users, n_items)).astype(np.float32)
-    ranked = np.argsort(-logits, axis=1)
-    take = np.arange(n_items)[None, :] < degrees[:, None]
+    indptr = np.zeros(n_users + 1, np.int64)
+    np.cumsum(degrees, out=indptr[1:])
+    items = np.empty(int(indptr[-1]), np.int64)
+    popularity = -float(k["popularity_exponent"]) * np.log1p(popularity_rank.astype(np.float64))
+    for community in range(n_comm):
+        members = np.flatnonzero(user_comm == community)
+        if not len(members):
+            continue
+        logits = popularity + float(k["affinity"]) * (item_comm == community)
+        weights = np.exp(logits - logits.max())
+        dense = _needs_dense(weights, degrees[members])
+        cdf = np.cumsum(weights)
+        cdf /= cdf[-1]  # exactly 1.0 at the end, so a uniform in [0, 1) never runs past the last item
+        _draw_sparse(rng, cdf, members[~dense], degrees, indptr, items)
+        _draw_dense(rng, logits, members[dense], degrees, indptr, items)
     users = np.repeat(np.arange(n_users, dtype=np.int64), degrees)
-    items = ranked[take].astype(np.int64)
-    span = float(k["time_span_days"]) * 86_400
-    times = np.floor(float(k["time_start"]) + rng.uniform(0, span, size=len(users)))
+    times = rng.uniform(0, float(k["time_span_days"]) * 86_400, size=len(users))
+    times += float(k["time_start"])
+    np.floor(times, out=times)
     return RawColumns(users, items, times=times)
+
+
+def _needs_dense(weights: np.ndarray, degrees: np.ndarray) -> np.ndarray:
+    """True for each user (given by its degree) whose rejection loop would crawl or cost more
+    than one Gumbel pass over its row of ``len(weights)`` scores."""
+    # tail[k]: weight outside the k heaviest items, as a share of the total. The (k+1)-th new
+    # item takes at most 1 / tail[k] draws in expectation, so draws[d - 1] bounds the whole loop.
+    tail = np.cumsum(np.sort(weights))[::-1] / weights.sum()
+    with np.errstate(divide="ignore"):  # weights that underflow to 0 leave tail 0: dense
+        draws = np.cumsum(1.0 / tail)
+    return (tail[degrees - 1] < _SYNTHETIC_DENSE_TAIL) | (draws[degrees - 1] > len(weights))
+
+
+def _place_rows(
+    out: np.ndarray, indptr: np.ndarray, users: np.ndarray, counts: np.ndarray, values: np.ndarray
+) -> None:
+    """Write ``values`` (grouped by user, ``counts[j]`` entries for ``users[j]``) into their rows."""
+    starts = np.cumsum(counts) - counts
+    offset = np.repeat(indptr[users] - starts, counts)
+    offset += np.arange(len(values), dtype=np.int64)
+    out[offset] = values
+
+
+def _draw_sparse(
+    rng: np.random.Generator,
+    cdf: np.ndarray,
+    users: np.ndarray,
+    degrees: np.ndarray,
+    indptr: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Draw ``degrees[u]`` distinct items for each of ``users`` (ascending) by rejection on ``cdf``.
+
+    Users are taken in chunks of about ``_SYNTHETIC_CHUNK`` draws. Each round draws, for every
+    user still short, exactly the number of items it misses; keys ``user * n_items + item`` find
+    the repeats, and finished users are written to ``out`` at once.
+    """
+    n_items = len(cdf)
+    ends = np.cumsum(degrees[users])
+    lo = 0
+    while lo < len(users):
+        done_before = ends[lo - 1] if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(ends, done_before + _SYNTHETIC_CHUNK, side="right")))
+        active, need = users[lo:hi], degrees[users[lo:hi]]
+        keys = np.empty(0, np.int64)
+        have = np.zeros(len(active), np.int64)
+        while len(active):
+            short = need - have
+            drawn = np.searchsorted(cdf, rng.random(int(short.sum())), side="right")
+            drawn += np.repeat(active * n_items, short)
+            keys = np.concatenate([keys, drawn])
+            del drawn
+            keys.sort()  # a sort and a mask: np.unique's hash table is several times slower here
+            keys = keys[np.r_[True, keys[1:] != keys[:-1]]]
+            have = np.searchsorted(keys, (active + 1) * n_items) - np.searchsorted(keys, active * n_items)
+            finished = have == need
+            in_finished = np.repeat(finished, have)
+            _place_rows(out, indptr, active[finished], need[finished], keys[in_finished] % n_items)
+            keys = keys[~in_finished]
+            active, need, have = active[~finished], need[~finished], have[~finished]
+        lo = hi
+
+
+def _draw_dense(
+    rng: np.random.Generator,
+    logits: np.ndarray,
+    users: np.ndarray,
+    degrees: np.ndarray,
+    indptr: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Gumbel-top-k on the rows of ``users``: each keeps its ``degrees[u]`` best ``logits + Gumbel``.
+
+    Rows go in blocks of at most ``_SYNTHETIC_DENSE_BLOCK`` scores, so memory stays bounded
+    however many users take this path.
+    """
+    n_items = len(logits)
+    rows = max(1, _SYNTHETIC_DENSE_BLOCK // n_items)
+    for lo in range(0, len(users), rows):
+        block, need = users[lo : lo + rows], degrees[users[lo : lo + rows]]
+        scores = rng.gumbel(size=(len(block), n_items))
+        scores += logits
+        order = np.argsort(-scores, axis=1)
+        del scores
+        chosen = np.zeros(order.shape, bool)
+        np.put_along_axis(chosen, order, np.arange(n_items) < need[:, None], axis=1)
+        _place_rows(out, indptr, block, need, np.nonzero(chosen)[1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -482,31 +614,44 @@ def split_by_ratio(users: np.ndarray, ratios: Sequence[float], rng: np.random.Ge
     order = np.lexsort((rng.random(n), users))  # users grouped, random order inside each group
     grouped = users[order]
     starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    del grouped
     sizes = np.diff(np.r_[starts, n])
-    rank = np.arange(n) - np.repeat(starts, sizes)
-    size = np.repeat(sizes, sizes).astype(np.float64)
+    # The cut points are computed once per user and only then spread over its entries, so no
+    # float64 array of n entries is built (at 50M interactions each would take 400 MB).
     cum = np.cumsum(np.asarray(ratios, np.float64))
-    n_train = np.maximum(1, np.floor(size * cum[0] + 0.5))
-    n_train_valid = np.maximum(n_train, np.floor(size * cum[1] + 0.5))
-    labels[order] = (rank >= n_train).astype(np.int8) + (rank >= n_train_valid)
+    n_train = np.maximum(1, np.floor(sizes * cum[0] + 0.5))
+    n_train_valid = np.maximum(n_train, np.floor(sizes * cum[1] + 0.5))
+    rank = np.arange(n)
+    rank -= np.repeat(starts, sizes)
+    in_order = (rank >= np.repeat(n_train, sizes)).astype(np.int8)
+    in_order += rank >= np.repeat(n_train_valid, sizes)
+    labels[order] = in_order
     return labels
 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sorted unique values, code of every entry): hashing, so O(n) where np.unique sorts."""
     codes, uniques = pd.factorize(values, sort=True)
-    return np.asarray(uniques), codes.astype(np.int64)
+    return np.asarray(uniques), codes.astype(np.int64, copy=False)
 
 
 def _concat_ids(columns: list[np.ndarray]) -> np.ndarray:
     if any(c.dtype.kind not in "iu" for c in columns):
         columns = [c.astype(str) for c in columns]  # one id space even if files disagree on types
-    return np.concatenate(columns)
+    return columns[0] if len(columns) == 1 else np.concatenate(columns)
 
 
-def _first_occurrences(groups: np.ndarray, users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
-    """Mask keeping the first of each repeated (group, user, item)."""
-    keys = (groups.astype(np.int64) * (int(users.max(initial=0)) + 1) + users) * n_items + items
+def _first_occurrences(
+    groups: np.ndarray | None, users: np.ndarray, items: np.ndarray, n_items: int
+) -> np.ndarray:
+    """Mask keeping the first of each repeated (group, user, item); ``groups=None``: one group."""
+    keys = users * n_items + items
+    if groups is not None:
+        keys += groups.astype(np.int64) * ((int(users.max(initial=0)) + 1) * n_items)
+    if np.all(keys[1:] > keys[:-1]):
+        # Strictly increasing keys (generated data, files written in order) repeat nothing, and
+        # skipping the hash table saves about 20 bytes per interaction (1 GB at 50M).
+        return np.ones(len(keys), bool)
     return ~pd.Series(keys).duplicated(keep="first").to_numpy()
 
 
@@ -548,25 +693,33 @@ def load_dataset(data_cfg: Any, seed: int) -> InteractionData:
     }
 
     roles = list(parts)
-    role_of = np.repeat(np.arange(len(roles), dtype=np.int64), [len(p) for p in parts.values()])
+    # int8: at most the three roles of GIVEN_ROLES; an int64 per interaction would be 400 MB at 50M
+    role_of = np.repeat(np.arange(len(roles), dtype=np.int8), [len(p) for p in parts.values()])
     raw_users, users = _factorize(_concat_ids([p.users for p in parts.values()]))
     raw_items, items = _factorize(_concat_ids([p.items for p in parts.values()]))
     has_times = all(p.times is not None for p in parts.values())
-    times = np.concatenate([p.times for p in parts.values()]) if has_times else None
+    times = None
+    if has_times:
+        times = np.concatenate([p.times for p in parts.values()]) if len(parts) > 1 else parts[roles[0]].times
+    del parts  # the raw columns are coded now; keeping them would hold a second copy to the end
 
     # Ratio mode splits one pool, so duplicates are found across files; given mode keeps each file.
-    groups = role_of if mode == "given" else np.zeros_like(role_of)
-    keep = _first_occurrences(groups, users, items, len(raw_items))
-    keep[keep] = kcore_mask(users[keep], items[keep], cfg["kcore"])
+    keep = _first_occurrences(role_of if mode == "given" else None, users, items, len(raw_items))
+    if cfg["kcore"] > 0:  # the filter copies users and items; with k = 0 it would keep all anyway
+        keep[keep] = kcore_mask(users[keep], items[keep], cfg["kcore"])
     if not keep.any():
         raise DatasetError(
             f"dataset {cfg['name']!r}: no interactions left after data.implicit_threshold="
             f"{cfg['implicit_threshold']} and data.kcore={cfg['kcore']}"
         )
-    used_users, users = _factorize(users[keep])
-    used_items, items = _factorize(items[keep])
-    role_of = role_of[keep]
-    times = None if times is None else times[keep]
+    if keep.all():  # nothing dropped: every id is still used, so the codes stand as they are
+        used_users, used_items = np.arange(len(raw_users)), np.arange(len(raw_items))
+    else:
+        used_users, users = _factorize(users[keep])
+        used_items, items = _factorize(items[keep])
+        role_of = role_of[keep]
+        times = None if times is None else times[keep]
+    del keep
     n_users, n_items = len(used_users), len(used_items)
 
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), _SPLIT_STREAM]))
@@ -582,9 +735,9 @@ def load_dataset(data_cfg: Any, seed: int) -> InteractionData:
     def split_of(label: int) -> Split:
         mask = labels == label
         return Split(
-            users[mask].astype(np.int64),
-            items[mask].astype(np.int64),
-            None if times is None else times[mask].astype(np.float64),
+            users[mask].astype(np.int64, copy=False),
+            items[mask].astype(np.int64, copy=False),
+            None if times is None else times[mask].astype(np.float64, copy=False),
         )
 
     return InteractionData(

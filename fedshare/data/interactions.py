@@ -90,12 +90,14 @@ class UserCSR:
 
 def to_csr(split: Split, n_users: int, n_items: int) -> UserCSR:
     """Group a split by user, items sorted within each user; duplicates are kept."""
-    order = np.lexsort((split.items, split.users))
-    users = split.users[order]
+    # The order of np.lexsort((items, users)), as one stable sort of the key user * m + item
+    # (m above every item id): several times faster, and linear on input already in that order.
+    m = int(split.items.max(initial=-1)) + 1
+    order = np.argsort(split.users.astype(np.int64, copy=False) * m + split.items, kind="stable")
     indptr = np.zeros(n_users + 1, np.int64)
-    np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
+    np.cumsum(np.bincount(split.users, minlength=n_users), out=indptr[1:])
     times = None if split.times is None else split.times[order]
-    return UserCSR(indptr, split.items[order].astype(np.int64), times, n_items)
+    return UserCSR(indptr, split.items[order].astype(np.int64, copy=False), times, n_items)
 
 
 def gather_rows(

@@ -1,4 +1,6 @@
-"""load_dataset: threshold, k-core, remapping, splits, locating/downloading files, synthetic data.
+"""load_dataset: threshold, k-core, remapping, splits, locating/downloading files, shipped configs.
+
+The synthetic generator itself is tested in test_synthetic.py.
 
 Every test writes its own small files under tmp_path; nothing here reads real datasets or
 touches the network (downloads use file:// URLs).
@@ -21,13 +23,12 @@ from fedshare.data.datasets import (
     DatasetError,
     check_config,
     dataset_dir,
-    generate_synthetic,
     kcore_mask,
     load_dataset,
     locate_files,
     split_by_ratio,
 )
-from fedshare.data.interactions import InteractionData, Split
+from fedshare.data.interactions import InteractionData, Split, to_csr
 from tests.conftest import data_cfg
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "data"
@@ -194,6 +195,50 @@ def test_every_user_keeps_a_training_interaction() -> None:
     labels = split_by_ratio(users, [0.1, 0.45, 0.45], rng)
     assert all((labels[users == u] == 0).any() for u in range(6))
     assert (labels[users == 0] == 0).all()  # a single interaction always stays in train
+
+
+def test_split_labels_are_those_of_the_per_entry_formula() -> None:
+    """split_by_ratio computes its cut points per user; the labels must be those of the formula
+    spelled out per entry (the split of every published run), seed for seed."""
+    users = np.random.default_rng(1).integers(0, 300, 5000)
+    for ratios in ([0.8, 0.1, 0.1], [0.5, 0.0, 0.5], [0.7, 0.2, 0.1]):
+        rng = np.random.default_rng(np.random.SeedSequence([3, 0x5911]))
+        order = np.lexsort((rng.random(len(users)), users))
+        grouped = users[order]
+        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+        sizes = np.diff(np.r_[starts, len(users)])
+        rank = np.arange(len(users)) - np.repeat(starts, sizes)
+        size = np.repeat(sizes, sizes).astype(np.float64)
+        cum = np.cumsum(ratios)
+        n_train = np.maximum(1, np.floor(size * cum[0] + 0.5))
+        n_train_valid = np.maximum(n_train, np.floor(size * cum[1] + 0.5))
+        expected = np.empty(len(users), np.int8)
+        expected[order] = (rank >= n_train).astype(np.int8) + (rank >= n_train_valid)
+        rng = np.random.default_rng(np.random.SeedSequence([3, 0x5911]))
+        assert np.array_equal(split_by_ratio(users, ratios, rng), expected)
+
+
+def test_to_csr_orders_like_lexsort_and_keeps_duplicates() -> None:
+    rng = np.random.default_rng(2)
+    users, items = rng.integers(0, 50, 3000), rng.integers(0, 40, 3000)  # many repeated pairs
+    times = rng.random(3000)
+    csr = to_csr(Split(users, items, times), 60, 40)
+    order = np.lexsort((items, users))
+    assert np.array_equal(csr.items, items[order]) and np.array_equal(csr.times, times[order])
+    assert np.array_equal(csr.indptr, np.r_[0, np.cumsum(np.bincount(users, minlength=60))])
+    already = to_csr(Split(users[order], items[order], times[order]), 60, 40)  # the in-order case
+    assert np.array_equal(already.items, csr.items) and np.array_equal(already.times, csr.times)
+
+
+def test_duplicates_in_sorted_files_are_found_too(tmp_path: Path) -> None:
+    """Pairs in strictly increasing (user, item) order skip the duplicate search; a file in
+    order with a repeated pair must still lose the repeat."""
+    rows = [(1, 1, 5, 10), (1, 2, 5, 11), (2, 1, 5, 12), (2, 3, 5, 13)]
+    write_ml100k(tmp_path, rows)
+    assert len(load_dataset(ml100k_cfg(tmp_path), seed=0).train) == 4
+    write_ml100k(tmp_path, [*rows[:2], (1, 2, 3, 99), *rows[2:]])
+    data = load_dataset(ml100k_cfg(tmp_path), seed=0)
+    assert len(data.train) == 4 and data.train.times.tolist() == [10, 11, 12, 13]
 
 
 def test_ratios_must_sum_to_one() -> None:
@@ -412,32 +457,7 @@ def test_download_without_checksum_is_refused(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Synthetic data and the shipped configs
-
-
-def test_synthetic_is_deterministic_with_the_default_size() -> None:
-    knobs = data_cfg("synthetic")["synthetic"]
-    a, b = generate_synthetic(knobs), generate_synthetic({**knobs, "seed": 0})
-    assert (
-        np.array_equal(a.users, b.users)
-        and np.array_equal(a.items, b.items)
-        and np.array_equal(a.times, b.times)
-    )
-    assert len(a) == 100_000 and a.users.max() == 999 and a.items.max() < 2000
-    assert len(np.unique(a.users * 2000 + a.items)) == len(a)  # drawn without replacement
-    c = generate_synthetic({**knobs, "seed": 1})
-    assert not np.array_equal(a.items, c.items)
-    counts = np.sort(np.bincount(a.items, minlength=2000))[::-1]
-    assert counts[:20].sum() > 10 * counts[-20:].sum()  # heavy head: power-law popularity
-
-
-def test_synthetic_needs_every_knob() -> None:
-    knobs = data_cfg("synthetic")["synthetic"]
-    del knobs["n_items"]
-    with pytest.raises(DatasetError, match=r"^data\.synthetic\.n_items is missing; "):
-        generate_synthetic(knobs)
-    with pytest.raises(DatasetError, match=r"^data\.synthetic must map every generator knob"):
-        load_dataset(data_cfg("synthetic", synthetic=None), seed=0)
+# The shipped configs
 
 
 def test_shipped_configs_share_keys_and_comment_every_key() -> None:
