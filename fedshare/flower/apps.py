@@ -6,6 +6,13 @@ The ServerApp reads the run's ``config.yaml`` from the run folder named in the r
 ``metrics.json``, ``history.json``, snapshots, and ``checkpoints/server.ckpt`` (the server's
 state; the launcher joins it with the nodes' rows into ``checkpoints/last.ckpt``).
 
+One message per node per round: a SuperNode starts a ClientApp process for each message (its
+start and imports cost seconds) and, idle, looks for the next one every 3 s. So a validation
+does not get messages of its own: it is configured when it is due (after the round's graph
+step, as in-process) and rides on the next message each node gets, the next round's training
+(the node scores it before it trains) or, after the last round, the test, which also ends the
+node's part (it writes its clients' rows). The numbers are the in-process run's.
+
 A node that fails or misses a round's deadline (``flower.round_timeout``) is logged and left
 out from then on: its users are skipped, the run goes on with the other nodes, and
 ``metrics.json`` says which shards were lost and when (``flower/lost_shard/<k>``: the round).
@@ -13,6 +20,7 @@ out from then on: its users are skipped, the run goes on with the other nodes, a
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
@@ -20,7 +28,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
@@ -36,7 +44,6 @@ KIND_TYPE = {
     "train": "train",
     "evaluate": "evaluate",
     "unshare": "query",
-    "finish": "query",
 }
 
 
@@ -160,43 +167,64 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
             raise FlowerRunError(f"every node was lost (in {kind} {group})")
         return replies
 
-    def evaluate(split: str, group: str) -> dict[str, float]:
-        return strategy.aggregate_evaluate(
-            run("evaluate", strategy.configure_evaluate(split, list(live)), group)
-        )
+    prefix = driver.history_prefix(val_split)
+    val_key = f"{prefix}/recall@{max(module.ks)}"
+    # a validation waits for the next message: (its round, its messages), and the checkpoint of
+    # that round (a copy: the next round moves the tables in place), written once it is known
+    pending: tuple[int, dict[int, RecordDict]] | None = None
+    pending_state: dict[str, Any] | None = None
+
+    def validated(replies: dict[int, RecordDict]) -> None:
+        nonlocal pending, pending_state
+        round_, _ = pending
+        values = {f"{prefix}/{k}": v for k, v in strategy.aggregate_metric(replies, "validation").items()}
+        history.append({"round": round_, **values})
+        driver.write_history(run_dir, history)
+        value = values.get(val_key, float("nan"))
+        _say(f"[fedshare] round {round_}/{rounds} validated: {val_key} {value:.4f}")
+        if pending_state is not None:
+            write_server(run_dir, pending_state, history)
+        pending, pending_state = None, None
 
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
         for rec in recorders:
             rec.before_round(r, module)
-        logs = strategy.aggregate_fit(run("train", strategy.configure_fit(r, list(live)), str(r)))
+        contents = strategy.configure_fit(r, list(live))
+        if pending:
+            contents = strategy.with_validation(contents, pending[1])
+        replies = run("train", contents, str(r))
+        logs = strategy.aggregate_fit(replies)
+        if pending:
+            validated(replies)
         for rec in recorders:
             rec.after_round(r, module)
-        line = (
-            f"[fedshare] round {r}/{rounds}: loss {logs['train/loss']:.4f}, {time.perf_counter() - t0:.2f} s"
-        )
-        if validate and r % every == 0:
-            prefix = driver.history_prefix(val_split)
+        seconds = time.perf_counter() - t0
+        _say(f"[fedshare] round {r}/{rounds}: loss {logs['train/loss']:.4f}, {seconds:.2f} s")
+        if validate and r % every == 0:  # configured now, as the in-process run validates now
             split = "curve" if val_split == "test" else "valid"  # the nodes' name of the split
-            values = {f"{prefix}/{k}": v for k, v in evaluate(split, str(r)).items()}
-            history.append({"round": r, **values})
-            driver.write_history(run_dir, history)
-            key = f"{prefix}/recall@{max(module.ks)}"
-            line += f", {key} {values.get(key, float('nan')):.4f}"
-        _say(line)
+            pending = (r, strategy.configure_evaluate(split, list(live)))
         if r % int(cfg.checkpoint.every) == 0 and r < rounds:  # the last round's: after the test, below
-            save_server(run_dir, strategy, r, history)
+            state = server_state(strategy, r)
+            if pending:
+                pending_state = copy.deepcopy(state)
+            else:
+                write_server(run_dir, state, history)
         round_s.append(time.perf_counter() - t0)  # the whole round as the server waits for it
         write_json(run_dir / "flower" / "rounds.json", {"round_s": round_s})
     for rec in recorders:
         rec.close(module)
-    test = {f"test/{k}": v for k, v in evaluate("test", "test").items()}
+    contents = strategy.configure_evaluate("test", list(live), finish=True)
+    if pending:
+        contents = strategy.with_validation(contents, pending[1])
+    replies = run("evaluate", contents, "test")
+    test = {f"test/{k}": v for k, v in strategy.aggregate_evaluate(replies).items()}
+    if pending:
+        validated(replies)
     lost_at = {f"flower/lost_shard/{k}": float(r) for k, r in lost.items()}
     metrics = driver.run_metrics(test, rounds, history, lost_at)  # what the in-process run's holds
     driver.write_metrics(run_dir, metrics)
-    finish = {k: RecordDict({"config": ConfigRecord({"action": "finish"})}) for k in live}
-    run("finish", finish, "finish")
-    save_server(run_dir, strategy, rounds, history)
+    write_server(run_dir, server_state(strategy, rounds), history)
     metrics.update(unlearn_on_nodes(cfg, strategy, run_dir, run, live))
     return metrics
 
@@ -243,21 +271,24 @@ def unlearn_on_nodes(cfg: Any, strategy: FedShareStrategy, run_dir: Path, run, l
     return driver.unlearn(cfg, module, data, run_dir, None, judge_fn=judge, on_deleted=notify)
 
 
-def save_server(run_dir: Path, strategy: FedShareStrategy, round_: int, history: list) -> None:
-    """The server's whole state (no client rows): ``checkpoints/server.ckpt``."""
+def server_state(strategy: FedShareStrategy, round_: int) -> dict[str, Any]:
+    """The server's whole state after ``round_`` (no client rows); its tensors are the live ones."""
     module = strategy.module
     server = module.server
-    state = {
+    return {
         "round": round_,
         "server": {k: v.detach().cpu() for k, v in server.state_dict().items()},
         "optimizer": strategy.optimizer.state_dict(),
         "generators": server.generator_states(),
         "server_graph": {k: v.cpu() for k, v in server.graph.state().items()},
-        "history": {"val": history},
         "hyper_parameters": dict(module.hparams),
     }
+
+
+def write_server(run_dir: Path, state: dict[str, Any], history: list) -> None:
+    """``checkpoints/server.ckpt``: ``state`` (`server_state`) with the validations so far."""
     path = run_dir / "checkpoints" / "server.ckpt"
-    replace_file(path, lambda tmp: torch.save(state, tmp))
+    replace_file(path, lambda tmp: torch.save({**state, "history": {"val": history}}, tmp))
 
 
 server_app = ServerApp()
@@ -287,10 +318,6 @@ def client_query(msg: Message, context: Context) -> Message:
     if action == "unshare":
         node = Node.from_context(context)
         return Message(node.unshare(context, msg.content), reply_to=msg)
-    if action == "finish":
-        node = Node.from_context(context)
-        out = context.node_config.get("out-dir")
-        return Message(node.finish(str(out) if out else None), reply_to=msg)
     raise ValueError(f"unknown query action {action!r}")
 
 
@@ -305,4 +332,5 @@ def client_train(msg: Message, context: Context) -> Message:
 @client_app.evaluate()
 def client_evaluate(msg: Message, context: Context) -> Message:
     node = Node.from_context(context)
-    return Message(node.evaluate(msg.content), reply_to=msg)
+    out = context.node_config.get("out-dir")
+    return Message(node.evaluate(msg.content, str(out) if out else None), reply_to=msg)

@@ -172,6 +172,12 @@ class FlowerLaunch:
         self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
         root = str(Path(__file__).resolve().parents[2])  # the checkout, for a non-installed fedshare
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (root, self.env.get("PYTHONPATH")) if p)
+        # torch threads of each node (they train at the same time) and of the ServerApp (a child
+        # of the SuperLink): a pool as wide as the machine stalls whenever another job holds a
+        # core (an ML-100K graph step on 2 busy cores: 3.5 s with 2 threads, 0.75 s with 1), and
+        # a server step that outlasts a SuperNode's 3 s idle poll costs every node a whole poll
+        self.threads = str(max(1, (os.cpu_count() or 1) // self.nodes))
+        self.server_env = dict(self.env, OMP_NUM_THREADS=self.threads)
         self._write_files()
 
     def _write_files(self) -> None:
@@ -239,13 +245,13 @@ class FlowerLaunch:
                 str(port),
                 "--disable-runtime-dependency-installation",
             ],
+            self.server_env,
         )
         self._wait_port("superlink", link, port, timeout)
-        threads = str(max(1, (os.cpu_count() or 1) // self.nodes))  # the nodes train at the same time
         out_dir = self.dir / "nodes"
         for k in range(self.nodes):
             node_config = f'shard={k} num-shards={self.nodes} out-dir="{out_dir}"'
-            env = dict(self.env, OMP_NUM_THREADS=threads)
+            env = dict(self.env, OMP_NUM_THREADS=self.threads)
             self._start(
                 f"supernode-{k}",
                 [

@@ -12,6 +12,11 @@ clients' private rows ``P[u]`` and the node's generator state) is kept in the Su
 ``context.state``, on the node; it never goes to the server. At the end, with ``out-dir`` in
 its node config, the node writes its clients' rows there (the launcher joins them into the
 run's checkpoint).
+
+A process costs seconds (its start, its imports, a SuperNode's idle poll), so one message does
+all a node has to do at that point of the run: a training message also asks for the validation
+of the previous round (scored before training, with the model the server had after that round's
+graph step), and the test message for the last round's validation and the rows' writing.
 """
 
 from __future__ import annotations
@@ -188,7 +193,15 @@ class Node:
         )
 
     def train(self, content: RecordDict) -> RecordDict:
+        """The node's cohort clients' local epochs; with ``validate`` in the config, first the
+        validation the server asked for (``val_model``, ``val_views``: the model after the last
+        round), on the rows as they are before this round trains them."""
         round_ = int(content["config"]["round"])
+        validation = None
+        if "validate" in content["config"]:
+            validation = self.ranked(
+                str(content["config"]["validate"]), content["val_model"], content.get("val_views")
+            )
         t = from_record(content["model"])
         views = views_from(from_record(content["views"])) if "views" in content else None
         cohort = t["cohort"].long()
@@ -197,45 +210,61 @@ class Node:
                 f"round {round_}: the server sent clients of another shard to shard {self.shard}"
             )
         upload, sums = self.clients.fit_sums(cohort, t["q"], views)
-        return RecordDict(
+        out = RecordDict(
             {
                 "upload": upload_record(upload),
                 "losses": ConfigRecord({k: float(v) if "sum" in k else int(v) for k, v in sums.items()}),
                 "shares": self._shares(round_ + 1),
             }
         )
+        if validation is not None:
+            out["validation"] = validation
+        return out
 
     @torch.no_grad()
-    def evaluate(self, content: RecordDict) -> RecordDict:
-        """Ranking metrics (sums and counts) of the node's users; with a ``judge`` record also of
-        its revoking users, and the server-side scores of their held-out pairs (the membership
-        attack of `fedshare.unlearning.judge.mia_auc`, whose other half the server computes)."""
-        split = str(content["config"]["split"])
+    def ranked(
+        self, split: str, model: ArrayRecord, views: ArrayRecord | None, users: torch.Tensor | None = None
+    ) -> ArrayRecord:
+        """Ranking sums and counts of ``users`` (default: the node's own) on ``split``: ``valid``
+        (masks train), ``test`` (masks train and valid) or ``curve`` (test, masked as test)."""
         target, history = {"valid": ("valid", ("train",)), "test": ("test", ("train", "valid"))}.get(
             split, ("test", ("train", "valid"))
         )
-        q = from_record(content["model"])["q"]
-        views = views_from(from_record(content["views"])) if "views" in content else None
+        q = from_record(model)["q"]
+        views = views_from(from_record(views)) if views is not None else None
         csr = self.csr
+        users = self.users if users is None else users
+        metric = RankingSums(self.ks, len(self.data.group_names))
+        users = users[csr[target][0].diff().index_select(0, users) > 0]
+        size = int(self.cfg.eval.batch_users)
+        for lo in range(0, users.numel(), size):
+            batch = users[lo : lo + size]
+            scores = self.clients.score(batch, q, views, self.beta).float()
+            update_ranking(
+                metric, scores, batch, [csr[n] for n in history], csr[target], self.share_group[batch]
+            )
+        return to_record(sums=metric.sums, counts=metric.counts)
 
-        def ranked(users: torch.Tensor) -> ArrayRecord:
-            metric = RankingSums(self.ks, len(self.data.group_names))
-            users = users[csr[target][0].diff().index_select(0, users) > 0]
-            size = int(self.cfg.eval.batch_users)
-            for lo in range(0, users.numel(), size):
-                batch = users[lo : lo + size]
-                scores = self.clients.score(batch, q, views, self.beta).float()
-                update_ranking(
-                    metric, scores, batch, [csr[n] for n in history], csr[target], self.share_group[batch]
-                )
-            return to_record(sums=metric.sums, counts=metric.counts)
-
-        out = RecordDict({"metric": ranked(self.users)})
+    @torch.no_grad()
+    def evaluate(self, content: RecordDict, out_dir: str | None = None) -> RecordDict:
+        """Ranking metrics (sums and counts) of the node's users; with ``validate`` in the config
+        also the validation of the last round (``val_model``, ``val_views``); with a ``judge``
+        record also of its revoking users, and the server-side scores of their held-out pairs
+        (the membership attack of `fedshare.unlearning.judge.mia_auc`, whose other half the
+        server computes); with ``finish`` the node also writes its clients' rows (`finish`)."""
+        config = content["config"]
+        split = str(config["split"])
+        model, views = content["model"], content.get("views")
+        out = RecordDict({"metric": self.ranked(split, model, views)})
+        if "validate" in config:
+            out["validation"] = self.ranked(
+                str(config["validate"]), content["val_model"], content.get("val_views")
+            )
         if "judge" in content:
             j = from_record(content["judge"])
             revoking = j["revoking"].long()
-            out["revoking"] = ranked(revoking)
-            indptr, items = csr["test"]
+            out["revoking"] = self.ranked(split, model, views, revoking)
+            indptr, items = self.csr["test"]
             counts = indptr.index_select(0, revoking + 1) - indptr.index_select(0, revoking)
             rows = torch.repeat_interleave(torch.arange(revoking.numel()), counts)
             parts = [items[indptr[u] : indptr[u + 1]] for u in revoking.tolist()]
@@ -244,6 +273,8 @@ class Node:
                 j["mia_user_views"].index_select(0, rows) * j["item_view"].index_select(0, t_items)
             ).sum(-1)
             out["mia"] = to_record(scores=scores)
+        if config.get("finish"):
+            out["info"] = self.finish(out_dir)["info"]
         return out
 
     def unshare(self, context: Any, content: RecordDict) -> RecordDict:

@@ -9,8 +9,12 @@ of negative views, ``Q`` and the item views), and the nodes' replies are added u
 order, as the in-process round adds its nodes' uploads.
 
 It never sees a client's data: a node's reply holds summed item-row changes (`Upload`, sparse),
-loss sums, and the shared pairs ``S_u`` of users who start sharing next round. `check_reply`
-refuses anything else, so a node that sent more would stop the run.
+loss sums, the shared pairs ``S_u`` of users who start sharing next round, and ranking sums.
+`check_reply` refuses anything else, so a node that sent more would stop the run.
+
+A validation rides on the next message a node gets (`with_validation`): it is configured when
+the in-process run validates (after the round's graph step, before the next round's shares
+enter), so it scores the same model, and the node scores it before it trains again.
 
 Messages are keyed by *shard* (a node's ``shard`` from its node config; user ``u`` lives on
 shard ``u % fed.nodes``), not by Flower node id: `fedshare.flower.apps` maps between them.
@@ -42,10 +46,16 @@ REPLY_KEYS = {
         "upload": {"rows", "delta", "weight"},
         "losses": {"bpr_sum", "bpr_steps", "cl_sum", "cl_steps"},
         "shares": {"users", "items"},
+        "validation": {"sums", "counts"},  # the last round's, when the message asked for it
     },
-    "evaluate": {"metric": {"sums", "counts"}, "revoking": {"sums", "counts"}, "mia": {"scores"}},
+    "evaluate": {
+        "metric": {"sums", "counts"},
+        "validation": {"sums", "counts"},
+        "revoking": {"sums", "counts"},
+        "mia": {"scores"},
+        "info": {"written"},  # the test message also ends the node's part: its rows written
+    },
     "unshare": {"info": {"unshared"}},
-    "finish": {"info": {"written"}},
 }
 
 
@@ -84,9 +94,7 @@ class FedShareStrategy:
         n_users, n_items = self.server.graph.n_users, self.server.graph.n_items
         empty = UserCSR(np.zeros(n_users + 1, np.int64), np.zeros(0, np.int64), None, n_items)
         module.clients.attach_data(empty, empty, np.full(n_users, -1, np.int64))
-        self.optimizer = torch.optim.Adam(
-            [self.server.user0, self.server.item0], lr=module.hparams.server_graph_lr
-        )
+        self.optimizer = module.configure_optimizers()  # the in-process run's optimizer
         self.pending: list[tuple[Tensor, Tensor]] = []  # shares entering at the next round
         self.metric: Any = None  # RankingMetrics over the sharing groups the nodes report (absorb_setup)
         self._round: dict[str, Any] = {}
@@ -173,16 +181,20 @@ class FedShareStrategy:
         return round_logs(self.module, sums, r["cohort"], r["views"], server_losses, t1 - r["t0"], t2 - t1)
 
     # ---- evaluation ------------------------------------------------------------------------------
-    def configure_evaluate(self, split: str, shards: list[int]) -> dict[int, RecordDict]:
+    def configure_evaluate(
+        self, split: str, shards: list[int], finish: bool = False
+    ) -> dict[int, RecordDict]:
         """``split``: ``valid`` (masks train), ``test`` (masks train and valid) or ``curve``
-        (test, masked as test: the learning curve of data without a validation split)."""
+        (test, masked as test: the learning curve of data without a validation split);
+        ``finish``: the nodes also write their clients' rows (the end of learning)."""
         views = self.server.views(pool=False)
         view_of = shard_of(views.users, self.nodes) if views is not None else None
+        config = {"action": "evaluate", "split": split, **({"finish": True} if finish else {})}
         out = {}
         for k in shards:
             content = RecordDict(
                 {
-                    "config": ConfigRecord({"action": "evaluate", "split": split}),
+                    "config": ConfigRecord(config),
                     "model": to_record(q=self.server.item_emb),
                 }
             )
@@ -191,10 +203,32 @@ class FedShareStrategy:
             out[k] = content
         return out
 
+    def with_validation(
+        self, contents: dict[int, RecordDict], validation: dict[int, RecordDict]
+    ) -> dict[int, RecordDict]:
+        """``contents`` (a round's training messages, or the test's) also ask each node for the
+        validation ``validation`` (`configure_evaluate`'s messages, built when it was due): its
+        split, and its model and views as ``val_model`` and ``val_views``. Those tensors are the
+        ones the message already holds (``Q``, the item views: nothing moved since), and Flower
+        sends a message's objects by content hash, each once: they cost nothing on the wire."""
+        for k, content in contents.items():
+            content["config"]["validate"] = str(validation[k]["config"]["split"])
+            content["val_model"] = validation[k]["model"]
+            if "views" in validation[k]:
+                content["val_views"] = validation[k]["views"]
+        return contents
+
     def aggregate_evaluate(self, replies: dict[int, RecordDict], record: str = "metric") -> dict[str, float]:
-        self.metric.reset()
         for k in sorted(replies):
             check_reply("evaluate", replies[k])
+        return self.aggregate_metric(replies, record)
+
+    def aggregate_metric(self, replies: dict[int, RecordDict], record: str) -> dict[str, float]:
+        """The ranking metrics of every node's ``record`` (sums and counts), added in shard order."""
+        self.metric.reset()
+        for k in sorted(replies):
+            if record not in replies[k]:
+                raise ReplyError(f"the node of shard {k} was asked for {record!r} and did not send it")
             t = from_record(replies[k][record])
             self.metric.add_sums(t["sums"], t["counts"])
         values = {key: float(v) for key, v in self.metric.compute().items()}

@@ -8,12 +8,15 @@ in-memory grid: each node keeps its own ``Context`` as a SuperNode does. The end
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from safetensors.torch import load_file
 
 from fedshare.config import compose, save
 from fedshare.federated.rounds import Upload
@@ -29,8 +32,9 @@ from tests.helpers.wandb_log import offline_log
 
 class MemoryGrid:
     """Flower's Grid, in this process: a message goes straight to the ClientApp with the node's
-    own ``Context`` (kept between messages, as a SuperNode keeps it). ``received`` is every reply
-    the server got; ``drop`` maps a shard to the round from which its node is gone."""
+    own ``Context`` (kept between messages, as a SuperNode keeps it). ``sent`` is every message
+    the server pushed (group, shard, content), ``received`` every reply it got; ``drop`` maps a
+    shard to the round from which its node is gone."""
 
     def __init__(self, n: int, drop: dict[int, int] | None = None) -> None:
         from flwr.supercore.task_identity import TaskIdentity
@@ -39,6 +43,7 @@ class MemoryGrid:
         self.contexts = {
             100 + k: Context(1, 100 + k, {"shard": k, "num-shards": n}, RecordDict(), {}) for k in range(n)
         }
+        self.sent: list[tuple[str, int, RecordDict]] = []
         self.received: list[tuple[str, RecordDict]] = []
         self.replies: dict[str, Message] = {}
         self.drop = drop or {}
@@ -53,8 +58,9 @@ class MemoryGrid:
             group = m.metadata.group_id
             m.metadata.__dict__["_message_id"] = f"{group}-{shard}-{n}"  # the SuperLink sets it
             ids.append(m.metadata.message_id)
+            self.sent.append((group, shard, m.content))
             if shard in self.drop and (
-                group in ("test", "finish") or group.isdigit() and int(group) >= self.drop[shard]
+                group == "test" or group.isdigit() and int(group) >= self.drop[shard]
             ):
                 continue  # the node is gone: no reply, ever
             try:
@@ -102,6 +108,45 @@ def test_flower_apps_equal_the_in_process_run(tiny: list[str], tmp_path: Path) -
     assert (tmp_path / "flower" / "checkpoints" / "server.ckpt").is_file()
 
 
+def test_a_round_is_one_message_per_node_even_with_validation_due(tiny: list[str], tmp_path: Path) -> None:
+    """A SuperNode starts a process per message and idles 3 s between polls, so validations get
+    no messages of their own: with eval.every=1, round r's validation rides on round r+1's
+    training message (the last round's on the test's, which also ends the nodes' part), and
+    every number is the in-process run's, to the last bit."""
+    expected, objects = train(_cfg(tiny, tmp_path / "inproc", "eval.every=1"))
+    grid = MemoryGrid(2)
+    for ctx in grid.contexts.values():
+        ctx.node_config["out-dir"] = str(tmp_path / "nodes")
+    got = _serve(_cfg(tiny, tmp_path / "flower", "eval.every=1"), grid)
+    assert got == expected
+    history = json.loads((tmp_path / "flower" / "history.json").read_text())
+    assert history == json.loads((tmp_path / "inproc" / "history.json").read_text())
+    assert [h["round"] for h in history["val"]] == [1, 2, 3]
+
+    per_group = Counter(group for group, _, _ in grid.sent)
+    assert per_group == {"setup": 2, "1": 2, "2": 2, "3": 2, "test": 2}
+    assert Counter((group, shard) for group, shard, _ in grid.sent).most_common(1)[0][1] == 1
+    for group, shard, content in grid.sent:
+        config = content["config"]
+        if group in ("2", "3", "test"):  # the validation of the round before rides on it
+            assert config["validate"] == "valid" and "val_model" in content and "val_views" in content
+        else:
+            assert "validate" not in config
+        if group == "2":  # what validation adds is what the message holds already: sent once
+            assert content["val_model"]["q"].object_id == content["model"]["q"].object_id
+            assert content["val_views"]["item_views"].object_id == content["views"]["item_views"].object_id
+        for name in ("views", "val_views"):  # a node gets only its own users' views, as before
+            if name in content:
+                users = content[name]["view_users"].numpy()
+                assert (users % 2 == shard).all()
+    # the test message ended the nodes' part: each wrote its clients' rows, the trained ones
+    assert all(bool(c["config"].get("finish")) == (g == "test") for g, _, c in grid.sent)
+    rows = objects["model"].clients.user_emb
+    for k in range(2):
+        t = load_file(str(tmp_path / "nodes" / f"clients-{k}.safetensors"))
+        assert torch.equal(t["user_emb"], rows[t["users"].long()]) and (t["users"] % 2 == k).all()
+
+
 def test_nodes_draw_their_own_streams(tiny: list[str], tmp_path: Path) -> None:
     """fed.nodes changes the draws (each node has its own stream), not the model: a run's
     numbers depend on it, which is why the Flower run is compared with the same fed.nodes."""
@@ -133,9 +178,7 @@ def _pairs_in(content: RecordDict) -> set[tuple[int, int]]:
 def _kind(content: RecordDict) -> str:
     if "upload" in content or "losses" in content:
         return "train"
-    if "metric" in content:
-        return "evaluate"
-    return "finish" if "written" in content.get("info", {}) else "setup"
+    return "evaluate" if "metric" in content else "setup"
 
 
 def test_server_never_receives_unshared_interactions(tiny: list[str], tmp_path: Path) -> None:
@@ -309,6 +352,8 @@ def test_connection_is_written_into_flwr_home(tiny: list[str], tmp_path: Path) -
     assert 'default = "fedshare"' in toml and 'address = "127.0.0.1:' in toml and "insecure = true" in toml
     assert local.env["FLWR_HOME"] == str(tmp_path / "a" / "flower" / "home")
     assert local.env["TMPDIR"] == str(tmp_path / "a" / "flower" / "tmp")
+    # the ServerApp (under the SuperLink) gets a node's share of the cores, not the whole machine
+    assert local.server_env["OMP_NUM_THREADS"] == local.threads == str(max(1, (os.cpu_count() or 1) // 2))
     for key in (
         "FLWR_TELEMETRY_ENABLED",
         "FLWR_DISABLE_UPDATE_CHECK",
