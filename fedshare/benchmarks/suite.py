@@ -113,7 +113,12 @@ def bench_fedshare_round(cfg, repeats: int) -> dict[str, Any]:
         log.warning("fed.cohort_fraction=%s: the benchmark times partial cohorts", cfg.fed.cohort_fraction)
     dm, model = _setup(cfg)
     optimizer = model.configure_optimizers()
-    rounds = [model.run_round(r, optimizer) for r in range(1, repeats + 2)]
+    rounds = []
+    for r in range(1, repeats + 2):
+        rounds.append(model.run_round(r, optimizer))
+        log.info(
+            "[round] %d/%d: %.2f s%s", r, repeats + 1, rounds[-1]["time/round_s"], " (warm-up)" * (r == 1)
+        )
     timed = rounds[1:]
     m = cfg.model
     return {
@@ -150,10 +155,13 @@ def bench_eval(cfg, repeats: int, reference: bool) -> dict[str, Any]:
     users = torch.from_numpy(dm.test.degrees.nonzero()[0])
     size = int(cfg.eval.batch_users)
     times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    for rep in range(repeats):
+        t0 = last = time.perf_counter()
         for lo in range(0, users.numel(), size):
             model._evaluate(users[lo : lo + size], "test", ("train", "valid"), model.test_metrics)
+            if time.perf_counter() - last > 10:  # progress on long evaluations
+                last = time.perf_counter()
+                log.info("[eval] %d: %d/%d users, %.0f s", rep + 1, lo + size, users.numel(), last - t0)
         values = model.test_metrics.compute()
         model.test_metrics.reset()
         times.append(time.perf_counter() - t0)
