@@ -17,8 +17,8 @@ processes, the server's step) and ``inprocess_round_s``.
 ``eval``: full-ranking evaluation (score all items, mask history, top-K, metrics) of every
 user with held-out items, as the test stage runs it: ``eval_s``.
 
-``scale``: FedShare and FedMF rounds and evaluation on generated data of 10k to 1M users (100k
-items, 50 interactions per user), each in its own process: a table and a log-log picture of
+``scale``: FedShare and FedMF rounds and evaluation on generated data of 10k users x 1M
+interactions to 1M users x 50M (100k items), each in its own process: a table and a log-log picture of
 seconds and peak memory against interactions in ``docs/`` (``bench.out``), with the slopes.
 ``bench.max_users=N`` stops at N users.
 

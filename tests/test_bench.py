@@ -39,7 +39,9 @@ def test_fedshare_round_benchmark_times_whole_rounds(tiny: list[str], capsys: py
 
 
 @pytest.mark.parametrize("experiment", ["fedshare", "lightgcn_central"])
-def test_eval_benchmark_scores_every_test_user(tiny: list[str], experiment: str, capsys: pytest.CaptureFixture) -> None:
+def test_eval_benchmark_scores_every_test_user(
+    tiny: list[str], experiment: str, capsys: pytest.CaptureFixture
+) -> None:
     assert bench.main(["eval", f"experiment={experiment}", *tiny, "bench.repeats=1"]) == 0
     result = _last_json(capsys)
     assert result["eval_s"] > 0 and result["peak_rss_mb"] > 0
@@ -56,7 +58,9 @@ def test_eval_benchmark_scores_every_test_user(tiny: list[str], experiment: str,
     for u in dm.test.degrees.nonzero()[0]:
         scores = model.score_users(torch.tensor([int(u)]))[0].float()
         for split in (dm.train, dm.valid):
-            scores[torch.from_numpy(split.items[split.indptr[u] : split.indptr[u + 1]]).long()] = -float("inf")
+            scores[torch.from_numpy(split.items[split.indptr[u] : split.indptr[u + 1]]).long()] = -float(
+                "inf"
+            )
         top = set(scores.topk(20).indices.tolist())
         target = set(dm.test.items[dm.test.indptr[u] : dm.test.indptr[u + 1]].tolist())
         recalls.append(len(top & target) / len(target))
@@ -79,9 +83,8 @@ def test_scale_benchmark_writes_table_picture_and_json(
 ) -> None:
     """Its plumbing at two tiny sizes, each measure run in this process instead of a fresh one
     (the real figures come from the real command, docs/scale.md)."""
-    monkeypatch.setattr(suite, "SIZES", (150, 300))
+    monkeypatch.setattr(suite, "SIZES", ((150, 1800), (300, 3600)))
     monkeypatch.setattr(suite, "ITEMS", 200)
-    monkeypatch.setattr(suite, "PER_USER", 12)
     calls = []
 
     def in_process(yaml: str, kind: str, repeats: int) -> dict:

@@ -240,10 +240,9 @@ def bench_flower(cfg, repeats: int, reference: bool) -> dict[str, Any]:
 # ---- scale --------------------------------------------------------------------------------------
 # ``python -m fedshare.bench scale``: how rounds and evaluation grow with the data.
 #
-# At each size of `SIZES` (users; `ITEMS` items; `PER_USER` interactions per user, so the
-# interactions grow with the users) the generated dataset (``data=synthetic`` with those sizes)
-# is measured in its own fresh process, one after the other, so that each peak memory is that
-# size's own:
+# At each size of `SIZES` (users and interactions; `ITEMS` items) the generated dataset
+# (``data=synthetic`` with those sizes) is measured in its own fresh process, one after the
+# other, so that each peak memory is that size's own:
 #
 # - ``fedshare_round_s``: a whole FedShare round as training runs it (`bench round`);
 # - ``fedmf_round_s``: FedMF's vectorized client phase on the same data (`bench round
@@ -254,9 +253,16 @@ def bench_flower(cfg, repeats: int, reference: bool) -> dict[str, Any]:
 # interactions (``scale.png``) into ``docs/`` (``bench.out``) and prints, as its last line, one
 # JSON object with every measure and the fitted log-log slopes (1.0: cost linear in the
 # interactions).
-SIZES = (10_000, 30_000, 100_000, 300_000, 1_000_000)  # users
+# (users, interactions): the generated datasets measured, up to the presets synthetic-large
+# (100k users x 10M) and synthetic-1m (1M users x 50M); ITEMS items at every size
+SIZES = (
+    (10_000, 1_000_000),
+    (30_000, 3_000_000),
+    (100_000, 10_000_000),
+    (300_000, 20_000_000),
+    (1_000_000, 50_000_000),
+)
 ITEMS = 100_000
-PER_USER = 50  # interactions per user: 10M at 100k users, 50M at 1M
 # (key in the result, benchmark, experiment): what is measured at each size
 MEASURES = (
     ("fedshare_round", "round", "fedshare"),
@@ -265,9 +271,9 @@ MEASURES = (
 )
 
 
-def size_config(cfg: DictConfig, users: int, experiment: str) -> DictConfig:
-    """``experiment`` on the generated dataset of ``users`` users (`ITEMS` items, `PER_USER`
-    each). FedShare keeps the caller's ``model`` keys (``bench scale model.server_steps=20``
+def size_config(cfg: DictConfig, users: int, interactions: int, experiment: str) -> DictConfig:
+    """``experiment`` on the generated dataset of ``users`` users, `ITEMS` items and
+    ``interactions`` interactions. FedShare keeps the caller's ``model`` keys (``bench scale model.server_steps=20``
     times the full-graph step at scale); both keep the caller's ``fed``, ``eval`` and ``seed``."""
     base = compose(
         [
@@ -276,7 +282,7 @@ def size_config(cfg: DictConfig, users: int, experiment: str) -> DictConfig:
             "data=synthetic",
             f"data.synthetic.n_users={users}",
             f"data.synthetic.n_items={ITEMS}",
-            f"data.synthetic.n_interactions={PER_USER * users}",
+            f"data.synthetic.n_interactions={interactions}",
         ]
     )
     keys = ("fed", "eval", "seed", "sharing") + (("model",) if experiment == cfg.model.name else ())
@@ -322,7 +328,7 @@ def table(rows: list[dict[str, Any]], slopes: dict[str, float], command: str) ->
         "# Scaling: seconds and peak memory against interactions",
         "",
         f"Measured by `{command}` (2 cores, one process per measure, one after the other).",
-        f"Generated data (`data=synthetic`): {PER_USER} interactions per user, {ITEMS:,} items.",
+        f"Generated data (`data=synthetic`, its default knobs but the sizes), {ITEMS:,} items.",
         "",
         "| users | items | interactions (train) | shared edges | FedShare round s | server s | client s "
         "| FedMF round s | eval s | peak GB (FedShare / FedMF / eval) |",
@@ -373,14 +379,14 @@ SECONDS = {"fedshare_round": "round_s", "fedmf_round": "vectorized_s", "eval": "
 
 def bench_scale(cfg: DictConfig, repeats: int, reference: bool, max_users: int, out: str) -> dict[str, Any]:
     """Every size of `SIZES` up to ``max_users`` (0: all), measured as the module says."""
-    sizes = [u for u in SIZES if not max_users or u <= max_users] or [max_users]
+    sizes = [(u, n) for u, n in SIZES if not max_users or u <= max_users] or [SIZES[0]]
     rows = []
-    for users in sizes:
+    for users, interactions in sizes:
         row: dict[str, Any] = {"users": users, "items": ITEMS}
         for key, kind, experiment in MEASURES:
             log.info("[scale] %s users: %s ...", f"{users:,}", key)
             t0 = time.perf_counter()
-            yaml = OmegaConf.to_yaml(size_config(cfg, users, experiment))
+            yaml = OmegaConf.to_yaml(size_config(cfg, users, interactions, experiment))
             result = run_fresh(yaml, kind, max(1, repeats))
             row[f"{key}_s"] = float(result[SECONDS[key]])
             row[f"{key}_peak_gb"] = float(result["peak_rss_mb"]) / 1024
