@@ -305,44 +305,57 @@ class GraphServer(FedAvgServer):
         return cohort, item_table, self.views(cohort)
 
     def graph_step(self, optimizer: torch.optim.Optimizer | None) -> dict[str, float]:
-        """LightGCN-BPR on the shared edges plus ``lambda_cl * InfoNCE(z_i, Q_i)``; refreshes views."""
+        """LightGCN-BPR on the shared edges plus ``lambda_cl * InfoNCE(z_i, Q_i)``; refreshes views.
+
+        Each step's gradients are written by hand (:func:`fedshare.graph.lightgcn.bpr_step`:
+        one forward and one backward propagation); the alignment's, on at most
+        ``align_items`` rows, come from autograd."""
         if self.graph.n_edges == 0 or optimizer is None or self.steps == 0:
             return {}
-        from fedshare.graph.lightgcn import EdgeSampler, bpr_loss  # DGL: the server's, as above
+        from fedshare.graph.lightgcn import EdgeSampler, bpr_step  # DGL: the server's, as above
 
         if self.sampler is None:
             self.sampler = EdgeSampler(self.graph)
         device = self.item_emb.device
+        graph = self._on_device()
         totals = {"bpr": 0.0, "reg": 0.0, "align": 0.0}
         for _ in range(self.steps):
             users, pos, neg = (t.to(device) for t in self.sampler.sample(self.batch_size, self.step_gen))
-            with torch.enable_grad():
-                user_out, item_out = self._on_device().propagate(self.user0, self.item0, self.layers)
-                bpr, l2 = bpr_loss(user_out, item_out, self.user0, self.item0, users, pos, neg, self.reg)
-                loss = bpr + l2
-                align, q_rows, items = None, None, None
-                if self.lambda_cl > 0:
-                    items = torch.unique(pos)
-                    if items.numel() > self.align_items:
-                        keep = torch.randperm(items.numel(), generator=self.step_gen)[: self.align_items]
-                        items = items.index_select(0, keep.to(device))
-                    q_rows = self.item_emb.index_select(0, items).requires_grad_(self.q_align_lr > 0)
-                    z_rows = item_out.index_select(0, items)
-                    if not self.align_graph:  # only Q moves toward the graph's views
-                        z_rows = z_rows.detach()
-                    align = info_nce_in_batch(z_rows, q_rows, self.tau).mean()
-                    loss = loss + self.lambda_cl * align
-                optimizer.zero_grad(set_to_none=True)
-                if q_rows is not None and q_rows.requires_grad:
-                    (q_grad,) = torch.autograd.grad(loss, q_rows, retain_graph=True)
-                    self.item_emb.index_add_(0, items, q_grad, alpha=-self.q_align_lr)
-                loss.backward()
+            aligned: list[Tensor] = []
+            extra = None
+            if self.lambda_cl > 0:
+                items = torch.unique(pos)
+                if items.numel() > self.align_items:
+                    keep = torch.randperm(items.numel(), generator=self.step_gen)[: self.align_items]
+                    items = items.index_select(0, keep.to(device))
+
+                def extra(out: Tensor, items: Tensor = items):
+                    return self._align_rows(out, items, aligned)
+
+            optimizer.zero_grad(set_to_none=True)
+            bpr, l2 = bpr_step(graph, self.user0, self.item0, users, pos, neg, self.reg, self.layers, extra)
             optimizer.step()
-            totals["bpr"] += float(bpr.detach())
-            totals["reg"] += float(l2.detach())
-            totals["align"] += float(align.detach()) if align is not None else 0.0
+            totals["bpr"] += float(bpr)
+            totals["reg"] += float(l2)
+            totals["align"] += float(aligned[0]) if aligned else 0.0
         self.refresh_views()
         return {k: v / self.steps for k, v in totals.items()}
+
+    def _align_rows(self, out: Tensor, items: Tensor, aligned: list[Tensor]):
+        """The server alignment ``lambda_cl * InfoNCE(z_i, Q_i)`` on ``items``: moves ``Q`` by
+        SGD (``q_align_lr``) and returns the gradient rows it adds to the graph's output (none
+        unless ``align_graph``). Appends the loss to ``aligned``."""
+        with torch.enable_grad():
+            q_rows = self.item_emb.index_select(0, items).requires_grad_(self.q_align_lr > 0)
+            rows = items + self.n_users
+            z_rows = out.index_select(0, rows).requires_grad_(self.align_graph)
+            align = info_nce_in_batch(z_rows, q_rows, self.tau).mean()
+            wrt = [t for t in (q_rows, z_rows) if t.requires_grad]
+            grads = dict(zip(map(id, wrt), torch.autograd.grad(self.lambda_cl * align, wrt))) if wrt else {}
+        aligned.append(align.detach())
+        if id(q_rows) in grads:
+            self.item_emb.index_add_(0, items, grads[id(q_rows)], alpha=-self.q_align_lr)
+        return [(rows, grads[id(z_rows)])] if id(z_rows) in grads else []
 
     @torch.no_grad()
     def refresh_views(self) -> None:

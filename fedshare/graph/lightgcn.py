@@ -101,3 +101,55 @@ def bpr_loss(
         + item0.index_select(0, neg).square().sum()
     )
     return loss, reg * 0.5 * l2 / users.numel()
+
+
+def bpr_step(
+    graph: SharedGraph,
+    user0: Tensor,
+    item0: Tensor,
+    users: Tensor,
+    pos: Tensor,
+    neg: Tensor,
+    reg: float,
+    layers: int,
+    extra=None,
+) -> tuple[Tensor, Tensor]:
+    """Writes ``user0.grad`` and ``item0.grad``: the exact gradient of :func:`bpr_loss` through
+    ``graph.propagate`` (plus what ``extra`` adds), computed by hand; returns ``(bpr, l2)``.
+
+    The same numbers as autograd up to float rounding (the tests compare them), at a fraction
+    of the cost: autograd's backward of three row gathers and a split writes four zero-filled
+    node tables per step and keeps the propagated table alive. Here BPR's gradient with respect
+    to the output is three ``index_add_`` into one table (the forward's own buffer, reused), and
+    the gradient of the layer-0 tables is ``M`` applied to it (``M`` is symmetric): one forward
+    and one backward propagation, nothing else node-sized but the L2 rows.
+
+    ``extra(out)``, if given, is called with the propagated ``[n_nodes, d]`` table (users then
+    items) before its buffer is reused, and returns ``(node_rows, grad_rows)`` pairs to add to
+    the output's gradient (an alignment term on some rows, say), or nothing.
+    """
+    n_users, batch = graph.n_users, users.numel()
+    nodes = torch.cat([user0.detach(), item0.detach()])
+    out = graph.smooth(nodes, layers)
+    pos_n, neg_n = pos + n_users, neg + n_users
+    zu, zi, zj = out.index_select(0, users), out.index_select(0, pos_n), out.index_select(0, neg_n)
+    diff = zi.sub_(zj)
+    margin = torch.linalg.vecdot(zu, diff)
+    bpr = -F.logsigmoid(margin).mean()
+    coef = torch.sigmoid(-margin).div_(-batch).unsqueeze(1)  # d bpr / d margin
+    more = list(extra(out) or ()) if extra is not None else []
+    grad_out = out.zero_()  # the forward's buffer, now the output's gradient
+    grad_out.index_add_(0, users, diff.mul_(coef))
+    zu.mul_(coef)
+    grad_out.index_add_(0, pos_n, zu)
+    grad_out.index_add_(0, neg_n, zu.neg_())
+    for rows, grad_rows in more:
+        grad_out.index_add_(0, rows, grad_rows)
+    grad = graph.smooth(grad_out, layers)
+    del grad_out, out
+    rows = torch.cat([users, pos_n, neg_n])
+    picked = nodes.index_select(0, rows)
+    l2 = reg * 0.5 * picked.square().sum() / batch
+    grad.index_add_(0, rows, picked, alpha=reg / batch)
+    user0.grad, item0.grad = grad[:n_users], grad[n_users:]
+    return bpr, l2

@@ -347,14 +347,30 @@ class SharedGraph:
         self._check_embeddings(user_emb, item_emb)
         if layers == 0:
             return user_emb, item_emb
-        norm = self.norm(user_emb.dtype)
-        if self.backend == "dgl":
-            spmm = lambda x: dgl.ops.copy_u_sum(self.g, x)  # noqa: E731
-        else:
-            adj = self.adjacency(user_emb.dtype)
-            spmm = lambda x: torch.sparse.mm(adj, x)  # noqa: E731
+        norm, spmm = self.norm(user_emb.dtype), self._spmm(user_emb.dtype)
         out = _LightGCN.apply(torch.cat([user_emb, item_emb]), norm, spmm, layers)
         return out[: self.n_users], out[self.n_users :]
+
+    def smooth(self, nodes: Tensor, layers: int) -> Tensor:
+        """``M x`` for one node table ``[n_nodes, d]`` (users then items), outside autograd: a new
+        table. ``M`` is symmetric, so this is also LightGCN's backward (the gradient of the
+        layer-0 tables from the gradient of the output): the graph steps that write their
+        gradients by hand (:func:`fedshare.graph.lightgcn.bpr_step`) call it twice per step."""
+        if nodes.dim() != 2 or nodes.shape[0] != self.n_nodes or nodes.device != self.device:
+            raise ValueError(
+                f"nodes must be [{self.n_nodes}, d] on {self.device}, got {list(nodes.shape)} on {nodes.device}"
+            )
+        if layers == 0:
+            return nodes.detach().clone()
+        with torch.no_grad():
+            return _mean_of_powers(nodes.detach(), self.norm(nodes.dtype), self._spmm(nodes.dtype), layers)
+
+    def _spmm(self, dtype: torch.dtype):
+        """``h -> A h`` (unweighted) on the backend that :meth:`propagate` runs."""
+        if self.backend == "dgl":
+            return lambda x: dgl.ops.copy_u_sum(self.g, x)
+        adj = self.adjacency(dtype)
+        return lambda x: torch.sparse.mm(adj, x)
 
     def _check_embeddings(self, user_emb: Tensor, item_emb: Tensor) -> None:
         for name, emb, n in (("user_emb", user_emb, self.n_users), ("item_emb", item_emb, self.n_items)):

@@ -207,6 +207,55 @@ def test_server_alignment_moves_q_and_leaves_the_graph_free_unless_asked() -> No
     assert q_only.views().users.tolist() == [0, 1, 2, 3, 4, 5]
 
 
+def _autograd_graph_step(server, optimizer) -> None:
+    """The server step as autograd computes it: the definition the hand-written one must match."""
+    from fedshare.federated.losses import info_nce_in_batch
+    from fedshare.graph.lightgcn import EdgeSampler, bpr_loss
+
+    sampler = EdgeSampler(server.graph)
+    for _ in range(server.steps):
+        users, pos, neg = sampler.sample(server.batch_size, server.step_gen)
+        user_out, item_out = server.graph.propagate(server.user0, server.item0, server.layers)
+        bpr, l2 = bpr_loss(user_out, item_out, server.user0, server.item0, users, pos, neg, server.reg)
+        items = torch.unique(pos)
+        if items.numel() > server.align_items:
+            items = items[torch.randperm(items.numel(), generator=server.step_gen)[: server.align_items]]
+        q_rows = server.item_emb.index_select(0, items).requires_grad_(True)
+        z_rows = item_out.index_select(0, items)
+        z_rows = z_rows if server.align_graph else z_rows.detach()
+        loss = bpr + l2 + server.lambda_cl * info_nce_in_batch(z_rows, q_rows, server.tau).mean()
+        optimizer.zero_grad(set_to_none=True)
+        (q_grad,) = torch.autograd.grad(loss, q_rows, retain_graph=True)
+        server.item_emb.index_add_(0, items, q_grad, alpha=-server.q_align_lr)
+        loss.backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("layers", [0, 2])
+@pytest.mark.parametrize("align_graph", [False, True])
+def test_the_hand_written_server_step_is_autograds(layers: int, align_graph: bool) -> None:
+    from fedshare.federated.fedshare import GraphServer
+
+    def server():
+        s = GraphServer(
+            30, 40, 8, torch_generator(0, "init"), 0.1, 1.0, 1.0, 0, layers=layers, use_graph=True,
+            steps=4, batch_size=64, reg=0.1, lambda_cl=0.5, tau=0.2, q_align_lr=2.0, align_items=12,
+            cl_negatives=4, align_graph=align_graph,
+        )
+        g = torch.Generator().manual_seed(1)
+        keys = torch.unique(torch.randint(0, 30 * 40, (300,), generator=g))
+        s.receive_shares(keys // 40, keys % 40, 1)
+        return s, torch.optim.Adam([s.user0, s.item0], lr=0.05)
+
+    (by_hand, opt_a), (reference, opt_b), (start, _) = server(), server(), server()
+    by_hand.graph_step(opt_a)
+    _autograd_graph_step(reference, opt_b)
+    for name in ("user0", "item0", "item_emb"):
+        a, b = getattr(by_hand, name).detach(), getattr(reference, name).detach()
+        assert not torch.equal(a, getattr(start, name).detach())  # it moved
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_lambda_cl_zero_switches_off_every_alignment() -> None:
     from lightning_modules import FedShareModule
 
