@@ -213,6 +213,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"'fed.nodes' must be an integer >= 1, got {cfg.fed.nodes!r}")
     if cfg.fed.rounds < 0:
         raise ConfigError(f"'fed.rounds' must be >= 0, got {cfg.fed.rounds}")
+    _check_selection(cfg.eval)
     # the data, sharing and unlearning packages own their rules; ask them now, before any work
     try:
         check_data(cfg.data)
@@ -220,6 +221,26 @@ def validate(cfg: DictConfig) -> None:
         check_unlearn(cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from err
+
+
+MONITORED = ("recall", "ndcg", "hr")  # RankingMetrics' names: higher is better for each
+
+
+def _check_selection(ecfg: DictConfig) -> None:
+    """``eval.monitor`` names a validation metric the run computes (or is null); ``eval.patience`` >= 1 or null."""
+    monitor = ecfg.get("monitor")  # null (or a run folder from before selection): the last round is tested
+    if monitor is None:
+        return
+    accepted = [f"val/{m}@{k}" for m in MONITORED for k in ecfg.ks]
+    base = str(monitor).split("/share=")[0]
+    if not isinstance(monitor, str) or base not in accepted:
+        raise ConfigError(
+            f"'eval.monitor={monitor}' is not a validation metric of this run; choose one of: "
+            f"{', '.join(accepted)} (or one of them by sharing group, e.g. {accepted[0]}/share=1)"
+        )
+    patience = ecfg.get("patience")
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        raise ConfigError(f"'eval.patience' must be an integer >= 1 or null, got {patience!r}")
 
 
 def compose_saved(path: Path) -> DictConfig:

@@ -25,7 +25,7 @@ def test_defaults_compose_to_the_fedshare_unlearning_synthetic_job() -> None:
 
 
 def test_group_choice_and_dotted_overrides() -> None:
-    cfg = compose(["data=ml-100k", "sharing=fixed", "sharing.ratio=0.25", "fed.rounds=7", "eval.ks=[5,50]"])
+    cfg = compose(["data=ml-100k", "sharing=fixed", "sharing.ratio=0.25", "fed.rounds=7", "eval.ks=[5,50]", "eval.monitor=val/ndcg@50"])
     assert cfg.data.name == "ml-100k" and cfg.data.format == "ml100k"
     assert cfg.sharing.policy == "fixed" and cfg.sharing.ratio == 0.25
     assert cfg.fed.rounds == 7
@@ -58,6 +58,9 @@ def test_debug_fdr_is_cpu_fast_dev_run_without_logger() -> None:
         (["sharing.policy=sometimes"], ["sharing.policy", "segments", "beta"]),
         (["fed.rounds=ten"], ["fed.rounds", "integer"]),
         (["eval.ks=10"], ["eval.ks", "list"]),
+        (["eval.ks=[5,50]"], ["eval.monitor=val/recall@20", "val/recall@50", "val/ndcg@5"]),
+        (["eval.monitor=test/recall@20"], ["eval.monitor", "val/recall@20"]),
+        (["eval.patience=0"], ["eval.patience", ">= 1"]),
         (["logger=none", "logger.mode=online"], ["logger.mode", "name"]),
         (["sharing=fixed", "sharing.a=2"], ["sharing.a", "ratio"]),
         (["rounds"], ["key=value"]),

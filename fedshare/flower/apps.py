@@ -104,6 +104,7 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
     """The whole run on ``grid``; returns (and writes) the run's metrics."""
     # the server's side (Lightning, DGL): a ClientApp process, which imports this module too, never loads it
     from fedshare.config import to_yaml
+    from fedshare.eval.selection import Selection
     from fedshare.run import driver
     from fedshare.run.build import new_model
 
@@ -143,6 +144,7 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
     val_split = str(info["val_split"])
     every = max(1, int(cfg.eval.every))
     validate = driver.validates(cfg, bool(info["has_valid"]), val_split)
+    selection = Selection.for_run(cfg, validate, val_split)
     history: list[dict[str, float]] = []
     live = list(range(n))
     lost: dict[int, int] = {}  # shard -> the round it was lost (fed.rounds + 1: after training)
@@ -173,28 +175,43 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
     # that round (a copy: the next round moves the tables in place), written once it is known
     pending: tuple[int, dict[int, RecordDict]] | None = None
     pending_state: dict[str, Any] | None = None
+    # model selection: the server's state at the pending validation's round, and at the best one
+    validated_state: dict[str, Any] | None = None
+    best_state: dict[str, Any] | None = None
 
-    def validated(replies: dict[int, RecordDict]) -> None:
-        nonlocal pending, pending_state
+    def validated(replies: dict[int, RecordDict], record: str = "validation") -> None:
+        nonlocal pending, pending_state, validated_state, best_state
         round_, _ = pending
-        values = {f"{prefix}/{k}": v for k, v in strategy.aggregate_metric(replies, "validation").items()}
+        values = {f"{prefix}/{k}": v for k, v in strategy.aggregate_metric(replies, record).items()}
         history.append({"round": round_, **values})
         driver.write_history(run_dir, history)
         value = values.get(val_key, float("nan"))
         _say(f"[fedshare] round {round_}/{rounds} validated: {val_key} {value:.4f}")
+        if selection.update(history[-1]):
+            best_state = validated_state
         if pending_state is not None:
             write_server(run_dir, pending_state, history)
-        pending, pending_state = None, None
+        pending, pending_state, validated_state = None, None, None
+
+    def selecting(contents: dict[int, RecordDict]) -> dict[int, RecordDict]:
+        """The best round so far goes with every message: the nodes keep its rows."""
+        if selection.best_round is not None:
+            for content in contents.values():
+                content["config"]["best_round"] = selection.best_round
+        return contents
+
+    rounds_done = 0
 
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
         for rec in recorders:
             rec.before_round(r, module)
-        contents = strategy.configure_fit(r, list(live))
+        contents = selecting(strategy.configure_fit(r, list(live)))
         if pending:
-            contents = strategy.with_validation(contents, pending[1])
+            contents = strategy.with_validation(contents, pending[1], pending[0] if selection.active else None)
         replies = run("train", contents, str(r))
         logs = strategy.aggregate_fit(replies)
+        rounds_done = r
         if pending:
             validated(replies)
         for rec in recorders:
@@ -204,6 +221,8 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
         if validate and r % every == 0:  # configured now, as the in-process run validates now
             split = "curve" if val_split == "test" else "valid"  # the nodes' name of the split
             pending = (r, strategy.configure_evaluate(split, list(live)))
+            if selection.active:
+                validated_state = copy.deepcopy(server_state(strategy, r))
         if r % int(cfg.checkpoint.every) == 0 and r < rounds:  # the last round's: after the test, below
             state = server_state(strategy, r)
             if pending:
@@ -212,9 +231,24 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
                 write_server(run_dir, state, history)
         round_s.append(time.perf_counter() - t0)  # the whole round as the server waits for it
         write_json(run_dir / "flower" / "rounds.json", {"round_s": round_s})
+        if selection.should_stop:  # known one round later than in-process: see Selection on Flower
+            _say(f"[fedshare] early stop: no new best {selection.monitor} in {selection.patience} validations")
+            break
     for rec in recorders:
         rec.close(module)
-    contents = strategy.configure_evaluate("test", list(live), finish=True)
+    if pending and selection.active:  # the test needs the selection: the last validation first
+        contents = selecting(pending[1])
+        for content in contents.values():
+            content["config"]["val_round"] = pending[0]
+        validated(run("evaluate", contents, "validate"), record="metric")
+    use_best = selection.active and selection.best_round != rounds_done
+    if use_best:  # the last round's state stays the checkpoint's; the test is the selected round's
+        write_server(run_dir, server_state(strategy, rounds_done), history)
+        load_server_state(strategy, best_state)
+    contents = selecting(strategy.configure_evaluate("test", list(live), finish=True))
+    for content in contents.values():
+        if use_best:
+            content["config"]["use_best"] = True
     if pending:
         contents = strategy.with_validation(contents, pending[1])
     replies = run("evaluate", contents, "test")
@@ -222,9 +256,11 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
     if pending:
         validated(replies)
     lost_at = {f"flower/lost_shard/{k}": float(r) for k, r in lost.items()}
-    metrics = driver.run_metrics(test, rounds, history, lost_at)  # what the in-process run's holds
+    extra = {**lost_at, **selection.metrics(rounds_done)}
+    metrics = driver.run_metrics(test, rounds_done, history, extra)  # what the in-process run's holds
     driver.write_metrics(run_dir, metrics)
-    write_server(run_dir, server_state(strategy, rounds), history)
+    if not use_best:
+        write_server(run_dir, server_state(strategy, rounds_done), history)
     metrics.update(unlearn_on_nodes(cfg, strategy, run_dir, run, live))
     return metrics
 
@@ -285,6 +321,15 @@ def server_state(strategy: FedShareStrategy, round_: int) -> dict[str, Any]:
     }
 
 
+def load_server_state(strategy: FedShareStrategy, state: dict[str, Any]) -> None:
+    """The server back at ``state`` (`server_state` of an earlier round): the selected model."""
+    server = strategy.module.server
+    server.load_state_dict(state["server"])
+    server.load_graph_state(state["server_graph"])
+    server.load_generator_states(state["generators"])
+    strategy.optimizer.load_state_dict(state["optimizer"])
+
+
 def write_server(run_dir: Path, state: dict[str, Any], history: list) -> None:
     """``checkpoints/server.ckpt``: ``state`` (`server_state`) with the validations so far."""
     path = run_dir / "checkpoints" / "server.ckpt"
@@ -333,4 +378,6 @@ def client_train(msg: Message, context: Context) -> Message:
 def client_evaluate(msg: Message, context: Context) -> Message:
     node = Node.from_context(context)
     out = context.node_config.get("out-dir")
-    return Message(node.evaluate(msg.content, str(out) if out else None), reply_to=msg)
+    reply = node.evaluate(msg.content, str(out) if out else None)
+    node.save(context)  # the rows kept for model selection (and, after the test, the selected ones)
+    return Message(reply, reply_to=msg)

@@ -17,6 +17,13 @@ A process costs seconds (its start, its imports, a SuperNode's idle poll), so on
 all a node has to do at that point of the run: a training message also asks for the validation
 of the previous round (scored before training, with the model the server had after that round's
 graph step), and the test message for the last round's validation and the rows' writing.
+
+Model selection (`fedshare.eval.selection`): the server learns a validation's numbers one
+message later, so a node keeps the rows of the last validated round (``val_round`` in the
+message that asked for it) and, when a later message's ``best_round`` names that round, keeps
+them as the best. The test message says ``use_best`` when the selected round is not the last:
+the node tests (and from then on judges) with the best round's rows; the rows it writes for the
+run's checkpoint stay the last round's, as in-process.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ from fedshare.flower.payload import from_record, to_record, upload_record, views
 STATE = "fedshare.state"  # context.state records
 CONFIG = "fedshare.config"
 UNSHARED = "fedshare.unshared"
+VALIDATED = "fedshare.validated"  # the rows of the last validated round (a candidate for the best)
+BEST = "fedshare.best"  # the rows of the best validated round so far (eval.monitor)
 
 
 class NodeConfigError(ValueError):
@@ -136,6 +145,7 @@ class Node:
         self.ks, self.beta = [int(k) for k in cfg.eval.ks], float(model["beta"])
         self.users = torch.nonzero(shard_of(torch.arange(self.data.n_users), self.nodes) == shard).squeeze(1)
         self.gen = self.clients.round_gens[shard]
+        self.kept: dict[str, dict[str, torch.Tensor]] = {}  # VALIDATED / BEST: {"user_rows", "round"}
 
     @staticmethod
     def from_context(context: Any, yaml: str | None = None) -> Node:
@@ -150,6 +160,7 @@ class Node:
         node = Node(cfg, shard_from(context.node_config, cfg))
         if STATE in context.state:
             node.restore(context.state[STATE])
+        node.kept = {name: from_record(context.state[name]) for name in (VALIDATED, BEST) if name in context.state}
         if UNSHARED in context.state:
             t = from_record(context.state[UNSHARED])
             node.clients.unshare(t["users"].long(), t["items"].long())
@@ -166,6 +177,31 @@ class Node:
         context.state[STATE] = to_record(
             user_rows=self.clients.user_emb[self.users], round_gen=self.gen.get_state()
         )
+        for name, kept in self.kept.items():
+            context.state[name] = to_record(**kept)
+
+    # ---- model selection ------------------------------------------------------------------------------
+    def _select(self, config: Any) -> None:
+        """``best_round`` (the server's best validated round so far): keep the validated rows
+        of that round as the best."""
+        if "best_round" not in config or VALIDATED not in self.kept:
+            return
+        validated = self.kept[VALIDATED]
+        if int(validated["round"]) == int(config["best_round"]):
+            self.kept[BEST] = validated
+
+    def _keep_validated(self, config: Any, rows: torch.Tensor) -> None:
+        if "val_round" in config:
+            self.kept[VALIDATED] = {"user_rows": rows.clone(), "round": torch.tensor(int(config["val_round"]))}
+
+    def _use_best(self, config: Any) -> None:
+        """The test of the selected round: the best rows replace the node's rows from now on."""
+        best = self.kept.get(BEST)
+        want = int(config["best_round"])
+        if best is None or int(best["round"]) != want:
+            held = None if best is None else int(best["round"])
+            raise NodeConfigError(f"the server selected round {want}, but this node kept the rows of round {held}")
+        self.clients.user_emb[self.users] = best["user_rows"].to(self.clients.user_emb.dtype)
 
     # ---- messages ------------------------------------------------------------------------------------
     def _shares(self, round_: int) -> ArrayRecord:
@@ -197,11 +233,13 @@ class Node:
         validation the server asked for (``val_model``, ``val_views``: the model after the last
         round), on the rows as they are before this round trains them."""
         round_ = int(content["config"]["round"])
+        self._select(content["config"])
         validation = None
         if "validate" in content["config"]:
             validation = self.ranked(
                 str(content["config"]["validate"]), content["val_model"], content.get("val_views")
             )
+            self._keep_validated(content["config"], self.clients.user_emb[self.users])
         t = from_record(content["model"])
         views = views_from(from_record(content["views"])) if "views" in content else None
         cohort = t["cohort"].long()
@@ -255,7 +293,12 @@ class Node:
         config = content["config"]
         split = str(config["split"])
         model, views = content["model"], content.get("views")
+        self._select(config)
+        written = self.finish(out_dir)["info"] if config.get("finish") else None  # the last round's rows
+        if config.get("use_best"):
+            self._use_best(config)
         out = RecordDict({"metric": self.ranked(split, model, views)})
+        self._keep_validated(config, self.clients.user_emb[self.users])  # a validation of its own
         if "validate" in config:
             out["validation"] = self.ranked(
                 str(config["validate"]), content["val_model"], content.get("val_views")
@@ -273,8 +316,8 @@ class Node:
                 j["mia_user_views"].index_select(0, rows) * j["item_view"].index_select(0, t_items)
             ).sum(-1)
             out["mia"] = to_record(scores=scores)
-        if config.get("finish"):
-            out["info"] = self.finish(out_dir)["info"]
+        if written is not None:
+            out["info"] = written
         return out
 
     def unshare(self, context: Any, content: RecordDict) -> RecordDict:

@@ -204,15 +204,18 @@ class FedShareStrategy:
         return out
 
     def with_validation(
-        self, contents: dict[int, RecordDict], validation: dict[int, RecordDict]
+        self, contents: dict[int, RecordDict], validation: dict[int, RecordDict], val_round: int | None = None
     ) -> dict[int, RecordDict]:
         """``contents`` (a round's training messages, or the test's) also ask each node for the
         validation ``validation`` (`configure_evaluate`'s messages, built when it was due): its
         split, and its model and views as ``val_model`` and ``val_views``. Those tensors are the
         ones the message already holds (``Q``, the item views: nothing moved since), and Flower
-        sends a message's objects by content hash, each once: they cost nothing on the wire."""
+        sends a message's objects by content hash, each once: they cost nothing on the wire.
+        ``val_round``: the validated round, with model selection on (the nodes keep its rows)."""
         for k, content in contents.items():
             content["config"]["validate"] = str(validation[k]["config"]["split"])
+            if val_round is not None:
+                content["config"]["val_round"] = val_round
             content["val_model"] = validation[k]["model"]
             if "views" in validation[k]:
                 content["val_views"] = validation[k]["views"]

@@ -54,13 +54,17 @@ def build_model(cfg: DictConfig, dm: FederatedDataModule) -> pl.LightningModule:
 
 
 def load_run(run_dir: Path):
-    """The run's config, data module and model, restored from ``checkpoints/last.ckpt``."""
+    """The run's config, data module and model, restored from the learned model's checkpoint:
+    ``checkpoints/best.ckpt`` (the round selected on validation) where there is one, else
+    ``checkpoints/last.ckpt``."""
     cfg = compose_saved(run_dir / "config.yaml")
     dm = FederatedDataModule(cfg)
     dm.prepare_data()
     dm.setup("fit")
     model = build_model(cfg, dm)
-    ckpt_path = run_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = run_dir / "checkpoints" / "best.ckpt"
+    if not ckpt_path.exists():
+        ckpt_path = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt_path.exists():
         raise FileNotFoundError(f"{ckpt_path} is missing: unlearning starts from the learned checkpoint")
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)

@@ -15,6 +15,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from fedshare.atomic import replace_file
+from fedshare.eval.selection import Selection
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -41,5 +42,34 @@ class LastCheckpoint(pl.Callback):
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         done = trainer.current_epoch + 1
-        if done % self.every == 0 or done >= trainer.max_epochs:
+        if done % self.every == 0 or done >= trainer.max_epochs or trainer.should_stop:
             trainer.save_checkpoint(self.path, weights_only=False)  # full state: resumable
+
+
+class BestCheckpoint(pl.Callback):
+    """Writes ``<dirpath>/best.ckpt`` (the full state, atomically) after each validation that is
+    a new best of the run's `Selection`, and stops training once ``eval.patience`` validations
+    passed without one. Its state (the best value and round, the validations since) is in every
+    checkpoint, so a resumed run selects as the uninterrupted one would."""
+
+    def __init__(self, dirpath: Path, selection: Selection) -> None:
+        self.path = Path(dirpath) / "best.ckpt"
+        self.selection = selection
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run or not self.selection.active:
+            return
+        if self.selection.update(pl_module.history["val"][-1]):
+            trainer.save_checkpoint(self.path, weights_only=False)
+        if self.selection.should_stop:
+            trainer.should_stop = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.selection.should_stop:  # resumed after the stop was decided, before the test
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.selection.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.selection.load_state_dict(state_dict)

@@ -30,6 +30,7 @@ from fedshare.atomic import write_json, write_text
 from fedshare.config import to_yaml
 from fedshare.reporting.tables import group_rows, report_run
 from fedshare.reporting.unlearning_page import log_wandb
+from fedshare.eval.selection import Selection
 from fedshare.unlearning.context import Recorder
 from fedshare.unlearning.phase import unlearn_phase
 from fedshare.unlearning.registry import recorders as method_recorders
@@ -87,13 +88,28 @@ def run_metrics(
     extra: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """What ``metrics.json`` holds after learning: the test metrics, ``rounds_done`` (fewer than
-    ``fed.rounds`` after ``trainer.max_time``), the last validation's values and ``extra``."""
+    ``fed.rounds`` after early stopping or ``trainer.max_time``), ``extra`` (``best_round``: the
+    round of the tested model) and the validation of that round (the last one without
+    ``best_round``)."""
     metrics = {k: float(v) for k, v in test.items()}
     metrics["rounds_done"] = float(rounds_done)
+    extra = dict(extra or {})
     if history:
-        metrics.update({k: float(v) for k, v in history[-1].items() if k != "round"})
-    metrics.update(extra or {})
+        best = extra.get("best_round")
+        chosen = [h for h in history if best is not None and int(h["round"]) == int(best)]
+        metrics.update({k: float(v) for k, v in (chosen or history)[-1].items() if k != "round"})
+    metrics.update(extra)
     return {k: metrics[k] for k in sorted(metrics)}
+
+
+def selected_checkpoint(selection: Selection, best: Path, rounds_done: int) -> str | None:
+    """The checkpoint the test stage loads: ``best`` when the selection picked a round before
+    the last one trained; None (the model as it is) otherwise."""
+    if selection.best_round is None or selection.best_round == rounds_done:
+        return None
+    if not best.exists():
+        raise FileNotFoundError(f"{best} is missing: round {selection.best_round} was selected on validation")
+    return str(best)
 
 
 def read_metrics(run_dir: Path) -> dict[str, float]:

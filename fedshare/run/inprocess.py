@@ -18,11 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules import FederatedDataModule
 from fedshare.run import driver
 from fedshare.run.build import build_model
-from fedshare.run.checkpoints import AtomicCheckpointIO, LastCheckpoint
+from fedshare.run.checkpoints import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint
 from fedshare.run.faults import fault_callbacks
 from fedshare.run.folder import resume_checkpoint, run_dir_for
 from fedshare.run.logger import build_logger
 from fedshare.run.runtime import tune_allocator
+from fedshare.eval.selection import Selection
 from fedshare.unlearning.requests import read_requests_csv
 from lightning_modules.progress import RoundProgressBar
 from lightning_modules.recording import RecorderCallback
@@ -79,8 +80,10 @@ def train(cfg: DictConfig, command: str | None = None) -> tuple[dict[str, float]
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     rounds = int(cfg.fed.rounds)
     every = max(1, int(cfg.eval.every))
-    if not driver.validates(cfg, bool(dm.valid.items.size), dm.val_split):  # nothing to validate, or never due
+    validates = driver.validates(cfg, bool(dm.valid.items.size), dm.val_split)
+    if not validates:  # nothing to validate, or never due
         tcfg["limit_val_batches"] = 0
+    best = BestCheckpoint(run_dir / "checkpoints", Selection.for_run(cfg, validates, dm.val_split))
     trainer = pl.Trainer(
         **tcfg,
         max_epochs=rounds,
@@ -88,6 +91,7 @@ def train(cfg: DictConfig, command: str | None = None) -> tuple[dict[str, float]
         num_sanity_val_steps=0,
         logger=logger if logger is not None else False,
         callbacks=[
+            best,  # before last.ckpt's writer: a round's checkpoint holds its selection
             checkpoint,
             *([RoundProgressBar()] if tcfg["enable_progress_bar"] else []),
             *fault_callbacks(),
@@ -109,9 +113,12 @@ def train(cfg: DictConfig, command: str | None = None) -> tuple[dict[str, float]
                 f"stopped by the user after {trainer.current_epoch} of {rounds} rounds; no test metrics "
                 f"were written. The last checkpoint is in {run_dir / 'checkpoints'}"
             ) from stop
-        trainer.test(model, datamodule=dm, verbose=False)
+        history, done = list(model.history["val"]), trainer.current_epoch
+        selected = driver.selected_checkpoint(best.selection, best.path, done)
+        trainer.test(model, datamodule=dm, verbose=False, ckpt_path=selected)  # the selected round's model
+        model.history = {"val": history}  # the best checkpoint's own history stops at its round
         test = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("time/")}
-        metrics = driver.run_metrics(test, trainer.current_epoch, model.history["val"])
+        metrics = driver.run_metrics(test, done, history, best.selection.metrics(done))
         driver.write_metrics(run_dir, metrics)
         if methods and cfg.trainer.fast_dev_run:
             log.info("fast_dev_run: the unlearning phase is skipped (no snapshots were kept)")

@@ -94,7 +94,7 @@ def contrastive(ctx: UnlearnContext):
             f"no snapshot was taken before round {entered}, when the revoked edges entered; "
             "keep round 0 in unlearn.snapshots"
         )
-    later = [r for r in ctx.snapshots.rounds() if r >= entered]
+    later = [r for r in ctx.snapshots.rounds() if entered <= r <= ctx.rounds]  # none past the learned model's round
     snap = ctx.snapshots.load(before)
     hops = int(opts["hops"])
     aff_u, aff_i = old_graph.neighbourhood(ctx.users, ctx.items, hops)

@@ -35,11 +35,14 @@ from fedshare.unlearning.history import (
 )
 
 
-def fru_rollback(tables: dict[str, Tensor], store: HistoryStore, since: int) -> dict[str, Tensor]:
-    """The tables minus the stored server updates of every round ``>= since`` (new tensors):
-    the state before round ``since``, exactly when every changed row was kept (α = 1)."""
+def fru_rollback(
+    tables: dict[str, Tensor], store: HistoryStore, since: int, until: int | None = None
+) -> dict[str, Tensor]:
+    """The tables minus the stored server updates of every round ``since..until`` (new tensors;
+    ``until``: the tables' own round, as rounds after the selected model's are stored too): the
+    state before round ``since``, exactly when every changed row was kept (α = 1)."""
     out = {k: v.detach().clone() for k, v in tables.items()}
-    for r in sorted((r for r in store.rounds() if r >= since), reverse=True):
+    for r in sorted((r for r in store.rounds() if r >= since and (until is None or r <= until)), reverse=True):
         t = store.load(r)
         for name in SERVER_TABLES:
             rows, upd = t[f"{name}.rows"], t[f"{name}.updates"]
@@ -68,7 +71,7 @@ def fru(ctx: UnlearnContext):
     n_items = server.item_emb.shape[0]
     device = server.item_emb.device
     replay_q = bool(ctx.options["replay_q"])
-    rolled = fru_rollback(server_tables(server), server_store, entered)
+    rolled = fru_rollback(server_tables(server), server_store, entered, ctx.rounds)
     with torch.no_grad():
         server.user0.copy_(rolled["user0"])
         server.item0.copy_(rolled["item0"])

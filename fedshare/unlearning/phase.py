@@ -10,7 +10,7 @@ before anything is deleted, and marked applied (once, by ``server``) when its pa
 from the server's stores. The learned checkpoint is the base and the ledger the log: a
 process that dies between two requests is resumed by the same command, which replays the
 applied requests (their pairs are deleted again in memory, never marked twice) and applies the
-pending ones. When every method has run, the server's files are scrubbed: the checkpoint holds
+pending ones. When every method has run, the server's files are scrubbed: the checkpoints (last and best) hold
 the unlearned model (of the first method) and the edited graph, fedEraser's stored client rows lose
 the revoked pairs, and the ledger keeps ids, users and counts only. The revoked pairs
 themselves stay on the devices (``unlearn/devices/revoked.csv``: the users' own record of what
@@ -30,6 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fedshare.atomic import replace_file
+from fedshare.eval.selection import selected_round
 from fedshare.unlearning.context import UnlearnContext, folder_bytes
 from fedshare.unlearning.contrastive import snapshot_dir
 from fedshare.unlearning.history import ClientUpdates, HistoryStore
@@ -197,6 +198,7 @@ def unlearn_phase(
     metrics["unlearn/revoked_pairs"] = float(users.numel())
     metrics["unlearn/revoking_users"] = float(torch.unique(users).numel())
     snapshots = SnapshotStore(snapshot_dir(run_dir)) if snapshot_dir(run_dir).exists() else None
+    rounds = selected_round(run_dir, int(cfg.fed.rounds))  # the learned model's round (eval.monitor)
     first = None
     for name in methods:
         store = store_dir(run_dir, name)
@@ -205,7 +207,7 @@ def unlearn_phase(
             dm=dm,
             users=users,
             items=items,
-            rounds=int(cfg.fed.rounds),
+            rounds=rounds,
             options=dict(OmegaConf.to_container(ucfg[name], resolve=True)) if name in ucfg else {},
             store=store,
             build=build,
@@ -230,13 +232,15 @@ def scrub(
     run_dir: Path, unlearned, ledger: RequestLedger, revoked_u: torch.Tensor, revoked_i: torch.Tensor
 ) -> None:
     """Rewrites the server's files without the revoked pairs (module docstring)."""
-    ckpt_path = run_dir / "checkpoints" / "last.ckpt"
-    if ckpt_path.exists():
+    for name in ("last.ckpt", "best.ckpt"):  # the last round's model and the selected one
+        ckpt_path = run_dir / "checkpoints" / name
+        if not ckpt_path.exists():
+            continue
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         ckpt["state_dict"] = {k: v.cpu() for k, v in unlearned.state_dict().items()}
         ckpt["server_graph"] = {k: v.cpu() for k, v in unlearned.server.graph.state().items()}
         ckpt["unlearned"] = True
-        replace_file(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
+        replace_file(ckpt_path, lambda tmp, ckpt=ckpt: torch.save(ckpt, tmp))
     server_path = run_dir / "checkpoints" / "server.ckpt"  # a Flower run's server state
     if server_path.exists():
         state = torch.load(server_path, map_location="cpu", weights_only=False)

@@ -111,8 +111,9 @@ def test_flower_apps_equal_the_in_process_run(tiny: list[str], tmp_path: Path) -
 def test_a_round_is_one_message_per_node_even_with_validation_due(tiny: list[str], tmp_path: Path) -> None:
     """A SuperNode starts a process per message and idles 3 s between polls, so validations get
     no messages of their own: with eval.every=1, round r's validation rides on round r+1's
-    training message (the last round's on the test's, which also ends the nodes' part), and
-    every number is the in-process run's, to the last bit."""
+    training message, and every number is the in-process run's, to the last bit. The last
+    round's validation gets one message of its own (the test needs the round it selects), and
+    the test message ends the nodes' part."""
     expected, objects = train(_cfg(tiny, tmp_path / "inproc", "eval.every=1"))
     grid = MemoryGrid(2)
     for ctx in grid.contexts.values():
@@ -124,14 +125,17 @@ def test_a_round_is_one_message_per_node_even_with_validation_due(tiny: list[str
     assert [h["round"] for h in history["val"]] == [1, 2, 3]
 
     per_group = Counter(group for group, _, _ in grid.sent)
-    assert per_group == {"setup": 2, "1": 2, "2": 2, "3": 2, "test": 2}
+    assert per_group == {"setup": 2, "1": 2, "2": 2, "3": 2, "validate": 2, "test": 2}
     assert Counter((group, shard) for group, shard, _ in grid.sent).most_common(1)[0][1] == 1
     for group, shard, content in grid.sent:
         config = content["config"]
-        if group in ("2", "3", "test"):  # the validation of the round before rides on it
+        if group in ("2", "3"):  # the validation of the round before rides on it
             assert config["validate"] == "valid" and "val_model" in content and "val_views" in content
+            assert config["val_round"] == int(group) - 1  # the nodes keep its rows (model selection)
         else:
             assert "validate" not in config
+        if group == "validate":
+            assert config["split"] == "valid" and config["val_round"] == 3
         if group == "2":  # what validation adds is what the message holds already: sent once
             assert content["val_model"]["q"].object_id == content["model"]["q"].object_id
             assert content["val_views"]["item_views"].object_id == content["views"]["item_views"].object_id
@@ -139,9 +143,11 @@ def test_a_round_is_one_message_per_node_even_with_validation_due(tiny: list[str
             if name in content:
                 users = content[name]["view_users"].numpy()
                 assert (users % 2 == shard).all()
-    # the test message ended the nodes' part: each wrote its clients' rows, the trained ones
+    # the test message ended the nodes' part: each wrote its clients' rows, the last round's
+    # (those of the in-process last.ckpt; the test used the selected round's)
     assert all(bool(c["config"].get("finish")) == (g == "test") for g, _, c in grid.sent)
-    rows = objects["model"].clients.user_emb
+    last = torch.load(tmp_path / "inproc" / "checkpoints" / "last.ckpt", weights_only=False)
+    rows = last["state_dict"]["clients.user_emb"]
     for k in range(2):
         t = load_file(str(tmp_path / "nodes" / f"clients-{k}.safetensors"))
         assert torch.equal(t["user_emb"], rows[t["users"].long()]) and (t["users"] % 2 == k).all()
