@@ -2,7 +2,11 @@
 A = the step through autograd (as before 2026-12-01 22:40), B = `GraphServer.graph_step` (gradients by hand).
     python docs/runs/bench-speed/ab_graph_step.py data=amazon-beauty data.root=../shared/datasets
 Both start from the same state each time (a copy of the model after round 1); prints medians."""
-import copy, json, statistics, sys, time
+import copy
+import json
+import statistics
+import sys
+import time
 
 import torch
 
@@ -40,6 +44,7 @@ dm, model = _setup(cfg)
 opt = model.configure_optimizers()
 model.run_round(1, opt)
 times = {"autograd": [], "by_hand": []}
+ref, diff = None, None
 for rep in range(6):
     for name in ("autograd", "by_hand"):
         m = copy.deepcopy(model)
@@ -47,10 +52,12 @@ for rep in range(6):
         t0 = time.perf_counter()
         (autograd_step(m.server, o) if name == "autograd" else m.server.graph_step(o))
         times[name].append(time.perf_counter() - t0)
-        if rep == 0:
-            ref = m if name == "autograd" else ref
-            if name == "by_hand":
-                diff = max(float((getattr(m.server, k) - getattr(ref.server, k)).abs().max()) for k in ("user0", "item0", "item_emb"))
+        if rep == 0 and name == "autograd":
+            ref = m
+        elif rep == 0:
+            diff = max(
+                float((getattr(m.server, k) - getattr(ref.server, k)).abs().max()) for k in ("user0", "item0", "item_emb")
+            )
 out = {k: statistics.median(v[1:]) for k, v in times.items()}  # the first pair is warm-up
 out.update(dataset=cfg.data.name, speedup=out["autograd"] / out["by_hand"], max_abs_diff=diff,
            all={k: [round(x, 4) for x in v] for k, v in times.items()})
