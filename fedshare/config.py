@@ -30,6 +30,7 @@ from fedshare.unlearning.registry import check_config as check_unlearn
 
 GROUPS = ("data", "model", "sharing", "trainer", "logger")
 OVERLAYS = ("experiment", "debug")
+OVERLAY_FILE = "overlay"  # overlay=PATH: a YAML file of keys (a tuned config), merged after the overlays
 
 # Keys whose value must come from a fixed set; checked after composition so that a typo in a
 # config file is caught as early as one on the command line.
@@ -79,7 +80,7 @@ def _split_override(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise ConfigError(
             f"cannot read argument '{text}': expected key=value (e.g. fed.rounds=50) or GROUP=NAME "
-            f"with GROUP one of {', '.join(GROUPS + OVERLAYS)}"
+            f"with GROUP one of {', '.join(GROUPS + OVERLAYS)}, or overlay=FILE.yaml"
         )
     key, value = text.split("=", 1)
     key = key.strip()
@@ -266,9 +267,12 @@ def compose(overrides: Sequence[str] = (), root: Path | None = None) -> DictConf
 
     cli_choices: dict[str, str | None] = {}
     values: list[tuple[str, Any, str]] = []
+    files: list[Path] = []
     for text in overrides:
         key, raw = _split_override(text)
-        if key in GROUPS or key in OVERLAYS:
+        if key == OVERLAY_FILE:
+            files.append(Path(raw.strip()).expanduser())
+        elif key in GROUPS or key in OVERLAYS:
             name = raw.strip()
             cli_choices[key] = None if name in ("", "null", "none") and key in OVERLAYS else name
         else:
@@ -303,6 +307,13 @@ def compose(overrides: Sequence[str] = (), root: Path | None = None) -> DictConf
     OmegaConf.set_struct(cfg, True)
     for body, origin in overlays:
         _merge_overlay(cfg, body, origin)
+    for path in files:  # overlay=FILE (a tuned config, say): after the overlays, before key=value
+        if not path.is_file():
+            raise ConfigError(f"overlay={path}: no such file (a YAML mapping of config keys, as `fedshare.tune` writes)")
+        body = _load_yaml(path)
+        if "defaults" in body:
+            raise ConfigError(f"{path}: an overlay file sets keys only; pick groups on the command line")
+        _merge_overlay(cfg, body, f"overlay={path}")
     for key, value, origin in values:
         _set(cfg, key, value, origin)
     with _unlocked(cfg):

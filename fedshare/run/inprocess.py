@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules import FederatedDataModule
+from fedshare.eval.selection import Selection
 from fedshare.run import driver
 from fedshare.run.build import build_model
 from fedshare.run.checkpoints import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint
@@ -23,7 +24,6 @@ from fedshare.run.faults import fault_callbacks
 from fedshare.run.folder import resume_checkpoint, run_dir_for
 from fedshare.run.logger import build_logger
 from fedshare.run.runtime import tune_allocator
-from fedshare.eval.selection import Selection
 from fedshare.unlearning.requests import read_requests_csv
 from lightning_modules.progress import RoundProgressBar
 from lightning_modules.recording import RecorderCallback
@@ -46,10 +46,13 @@ class HistoryFile(pl.Callback):
             driver.write_history(self.run_dir, pl_module.history["val"])
 
 
-def train(cfg: DictConfig, command: str | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+def train(
+    cfg: DictConfig, command: str | None = None, callbacks: list[pl.Callback] | None = None
+) -> tuple[dict[str, float], dict[str, Any]]:
     """Runs fit + test for ``cfg`` (and the unlearning phase when ``unlearn.methods`` is set);
     returns the flat metrics and the objects used. ``command``: the command line, saved in
-    the run folder as ``command.txt``."""
+    the run folder as ``command.txt``; ``callbacks``: more Lightning callbacks (a search's
+    pruner, `fedshare.tuning.search`), after the run's own."""
     run_dir = run_dir_for(cfg)
     resume_from = resume_checkpoint(cfg, run_dir)
     tune_allocator()
@@ -97,6 +100,7 @@ def train(cfg: DictConfig, command: str | None = None) -> tuple[dict[str, float]
             *fault_callbacks(),
             HistoryFile(run_dir),
             *([RecorderCallback(recorders)] if recorders else []),
+            *(callbacks or []),
         ],
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),

@@ -1,0 +1,328 @@
+"""A hyperparameter search on validation: Optuna's TPE, pruned on the validation curve.
+
+`search(run_overrides, tune_cfg)` is ``python -m fedshare.tune``. The search's folder holds:
+
+- ``search.yaml``: what is searched (the run's overrides, the space, the budget); a resumed
+  search must be this same one;
+- ``study.db``: the Optuna study in SQLite (``optuna-dashboard sqlite:///OUT/study.db``);
+- ``trials/trial-NNNN/``: each trial is a normal run folder (config, metrics, history, ...);
+- ``best.yaml``: the best trial's keys as a config overlay (``python -m fedshare.train
+  overlay=OUT/best.yaml ...``), ``report.md`` and ``report.json``: the best value, the trials
+  run and pruned, each knob's importance (Optuna's PED-ANOVA).
+
+A trial's value is its run's ``eval.monitor`` (the selected round's validation, `fedshare.eval.
+selection`); after every validation the trial reports the validation so far, and Optuna's
+median pruner stops a trial whose curve is below the median of the earlier ones at that round.
+Nothing here reads a test metric: the objective takes ``val/`` keys only (a test poisons the
+test split and checks the search is unchanged). A killed search resumes with ``resume=true``:
+finished and pruned trials stay; the trial that was running is marked failed, its folder
+renamed ``...-incomplete``, and the search goes on until ``trials`` have finished or pruned.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import shlex
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from fedshare.atomic import write_json, write_text
+from fedshare.config import ConfigError, _load_yaml, _parse_value, _set, compose
+from fedshare.run.faults import trial_faults
+
+log = logging.getLogger("fedshare")
+STUDY = "fedshare"  # one study per search folder
+DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+class SearchError(RuntimeError):
+    """A search that cannot start or continue; the message says why and what to do."""
+
+
+# ---- the space -----------------------------------------------------------------------------------
+def knobs(space: Any, prefix: str = "") -> dict[str, dict[str, Any]]:
+    """The search space's knobs by config key: ``{"model.lr": {"low":..., "high":..., "log":...}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in (space or {}).items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if not isinstance(value, dict):
+            raise ConfigError(f"space.{full}: expected {{low, high[, log]}} or {{choices: [...]}}, got {value!r}")
+        if "choices" in value or "low" in value or "high" in value:
+            extra = set(value) - {"choices", "low", "high", "log"}
+            if extra or ("choices" in value) == ("low" in value or "high" in value):
+                raise ConfigError(
+                    f"space.{full}: a knob is {{low, high[, log]}} or {{choices: [...]}}, got keys {sorted(value)}"
+                )
+            if "choices" in value and (not isinstance(value["choices"], list) or not value["choices"]):
+                raise ConfigError(f"space.{full}.choices: a non-empty list, got {value['choices']!r}")
+            if "low" in value and not (
+                isinstance(value.get("low"), int | float) and isinstance(value.get("high"), int | float)
+                and value["low"] < value["high"]
+            ):
+                raise ConfigError(f"space.{full}: needs numbers low < high, got {value.get('low')!r}, {value.get('high')!r}")
+            out[full] = value
+        else:
+            out.update(knobs(value, full))
+    return out
+
+
+def check_space(space: dict[str, dict[str, Any]], cfg: DictConfig) -> None:
+    """Every knob is a key of the run's config (so a typo stops the search before any trial)."""
+    for key, knob in space.items():
+        if OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
+            raise ConfigError(f"space.{key}: the run's config has no key {key!r}")
+        if "low" in knob and knob.get("log") and knob["low"] <= 0:
+            raise ConfigError(f"space.{key}: a log range needs low > 0, got {knob['low']}")
+
+
+def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]], cfg: DictConfig) -> dict[str, Any]:
+    """One trial's values: an int range where the config key holds an int, else a float range."""
+    values = {}
+    for key, knob in space.items():
+        if "choices" in knob:
+            values[key] = trial.suggest_categorical(key, list(knob["choices"]))
+        elif isinstance(OmegaConf.select(cfg, key), int) and not isinstance(OmegaConf.select(cfg, key), bool):
+            values[key] = trial.suggest_int(key, int(knob["low"]), int(knob["high"]), log=bool(knob.get("log")))
+        else:
+            values[key] = trial.suggest_float(key, float(knob["low"]), float(knob["high"]), log=bool(knob.get("log")))
+    return values
+
+
+def overlay(values: dict[str, Any]) -> dict[str, Any]:
+    """``{"model.lr": 0.3}`` as the nested mapping an overlay file holds: ``{"model": {"lr": 0.3}}``."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+# ---- pruning -------------------------------------------------------------------------------------
+class PruneOnValidation(pl.Callback):
+    """Reports each validation of ``monitor`` to the trial (step: the round) and stops a trial
+    the pruner rejects."""
+
+    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
+        self.trial, self.monitor = trial, monitor
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not pl_module.history["val"]:
+            return
+        entry = pl_module.history["val"][-1]
+        value = float(entry[self.monitor])
+        self.trial.report(-math.inf if math.isnan(value) else value, step=int(entry["round"]))
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"round {entry['round']}: {self.monitor} {value:.4f} below the median")
+
+
+# ---- the search ----------------------------------------------------------------------------------
+def default_out(cfg: DictConfig) -> Path:
+    name = f"{cfg.choices.experiment or cfg.model.name}-{cfg.data.name}-seed{cfg.seed}"
+    return Path(cfg.paths.runs_root) / "tune" / name
+
+
+def _lock(out: Path):
+    """An exclusive lock on the search folder: a second search there fails at once."""
+    handle = open(out / ".lock", "w")  # noqa: SIM115 (held for the whole search)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SearchError(f"{out} is in use by another search (its .lock is held)") from None
+    return handle
+
+
+def _open_study(out: Path, search: dict[str, Any], tcfg: DictConfig, resume: bool) -> optuna.Study:
+    db, spec = out / "study.db", out / "search.yaml"
+    if db.exists() and not resume:
+        raise SearchError(
+            f"{out} already holds a search (study.db): add resume=true to continue it, or give another out="
+        )
+    if resume:
+        if not db.exists():
+            raise SearchError(f"resume=true, but {db} does not exist: nothing to resume")
+        stored = OmegaConf.to_container(OmegaConf.load(spec)) if spec.exists() else None
+        if stored != search:
+            raise SearchError(
+                f"resume=true, but {spec} holds another search: {stored} (now: {search}); give another out="
+            )
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(spec, OmegaConf.to_yaml(OmegaConf.create(search)))
+    sampler = optuna.samplers.TPESampler(seed=int(tcfg.sampler_seed), n_startup_trials=int(tcfg.startup_trials))
+    pruner = optuna.pruners.MedianPruner(
+        n_startup_trials=int(tcfg.pruner.startup_trials), n_warmup_steps=0, n_min_trials=1
+    )
+    study = optuna.create_study(
+        study_name=STUDY,
+        storage=f"sqlite:///{db}",
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=resume,
+    )
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        log.info("trial %d was running when the search stopped: marked failed, it runs again", trial.number)
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        folder = out / "trials" / f"trial-{trial.number:04d}"
+        if folder.exists():
+            folder.rename(folder.with_name(folder.name + "-incomplete"))
+    return study
+
+
+def search(run_overrides: Sequence[str], tcfg: DictConfig, command: str | None = None) -> dict[str, Any]:
+    """Runs (or resumes) the search; returns its summary (as ``report.json``)."""
+    from fedshare.run.inprocess import train  # the trials are in-process runs (Lightning, DGL)
+
+    base = compose(list(run_overrides))
+    monitor = base.eval.monitor
+    if monitor is None or not str(monitor).startswith("val/"):
+        raise ConfigError(f"a search needs eval.monitor set to a val/ key, got {monitor!r}")
+    space = knobs(OmegaConf.to_container(tcfg.space, resolve=True))
+    if not space:
+        raise ConfigError("the search space is empty (configs/tune/<model>.yaml 'space')")
+    check_space(space, base)
+    out = Path(tcfg.out) if tcfg.out else default_out(base)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out)
+    try:
+        what = {
+            "run_overrides": list(run_overrides),
+            "space": OmegaConf.to_container(tcfg.space, resolve=True),
+            "sampler_seed": int(tcfg.sampler_seed),
+            "startup_trials": int(tcfg.startup_trials),
+            "pruner": OmegaConf.to_container(tcfg.pruner, resolve=True),
+        }
+        study = _open_study(out, what, tcfg, bool(tcfg.resume))
+        if command:
+            with open(out / "commands.txt", "a") as f:
+                f.write(command + "\n")
+        warmup_rounds = int(tcfg.pruner.warmup) * max(1, int(base.eval.every))
+        study.pruner._n_warmup_steps = warmup_rounds  # steps are rounds: the first validations are never pruned
+        group = f"tune-{out.name}"
+
+        def objective(trial: optuna.Trial) -> float:
+            values = suggest(trial, space, base)
+            folder = out / "trials" / f"trial-{trial.number:04d}"
+            extra = [f"{k}={json.dumps(v)}" for k, v in values.items()]
+            overrides = [*run_overrides, *extra, f"paths.output_dir={folder}"]
+            if base.logger.name == "wandb":  # every trial into one W&B group: the dashboard shows the sweep
+                overrides.append(f"logger.group={group}")
+            cfg = compose(overrides)
+            total = int(tcfg.trials)
+            done = len(study.get_trials(deepcopy=False, states=DONE))
+            print(f"[tune] trial {trial.number} ({done + 1}/{total}): {', '.join(extra)}", flush=True)
+            metrics, _ = train(
+                cfg,
+                shlex.join(["python", "-m", "fedshare.train", *overrides]),
+                callbacks=[PruneOnValidation(trial, str(monitor)), *trial_faults(trial.number)],
+            )
+            value = float(metrics[str(monitor)])  # the selected round's validation: no test key is read
+            trial.set_user_attr("best_round", metrics.get("best_round"))
+            trial.set_user_attr("folder", str(folder))
+            print(f"[tune] trial {trial.number}: {monitor} {value:.4f} (round {metrics.get('best_round')})", flush=True)
+            return value
+
+        remaining = int(tcfg.trials) - len(study.get_trials(deepcopy=False, states=DONE))
+        if remaining > 0:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            study.optimize(objective, n_trials=remaining, catch=())
+        return write_report(study, out, space, str(monitor), int(tcfg.trials))
+    finally:
+        lock.close()
+
+
+def write_report(
+    study: optuna.Study, out: Path, space: dict[str, dict[str, Any]], monitor: str, budget: int
+) -> dict[str, Any]:
+    """``best.yaml`` (the overlay), ``report.md`` and ``report.json``."""
+    trials = study.get_trials(deepcopy=False)
+    count = {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise SearchError(f"no trial of {out} finished: nothing to report")
+    best = study.best_trial
+    try:  # PED-ANOVA: Optuna's importance that needs no scikit-learn (fANOVA would)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+            importance = optuna.importance.get_param_importances(study, evaluator=evaluator) if len(complete) > 1 else {}
+    except Exception as err:  # too few distinct values, say
+        log.warning("knob importances not computed: %s", err)
+        importance = {}
+    write_text(out / "best.yaml", OmegaConf.to_yaml(OmegaConf.create(overlay(best.params))))
+    summary = {
+        "monitor": monitor,
+        "best_value": best.value,
+        "best_trial": best.number,
+        "best_round": best.user_attrs.get("best_round"),
+        "best_params": best.params,
+        "best_folder": best.user_attrs.get("folder"),
+        "budget": budget,
+        "trials": count,
+        "importance": {k: float(v) for k, v in importance.items()},
+        "overlay": str(out / "best.yaml"),
+        "storage": f"sqlite:///{out / 'study.db'}",
+    }
+    write_json(out / "report.json", summary)
+    lines = [
+        f"# Search: {out.name}",
+        "",
+        f"- objective: {monitor} of each trial's selected round (validation; maximised), {budget} trials",
+        f"- trials: {count['complete']} finished, {count['pruned']} pruned, {count['fail']} failed",
+        f"- best: trial {best.number}, {monitor} = {best.value:.4f} (round {summary['best_round']})",
+        f"- overlay: `overlay={out / 'best.yaml'}`",
+        f"- study: `optuna-dashboard sqlite:///{out / 'study.db'}`",
+        "",
+        "| knob | best value | importance |",
+        "|---|---|---|",
+    ]
+    for key in space:
+        imp = importance.get(key)
+        lines.append(f"| `{key}` | {_fmt(best.params.get(key))} | {'' if imp is None else f'{imp:.3f}'} |")
+    lines += ["", "| trial | state | " + monitor + " | " + " | ".join(f"`{k}`" for k in space) + " |"]
+    lines.append("|---" * (3 + len(space)) + "|")
+    for t in trials:
+        value = "" if t.value is None else f"{t.value:.4f}"
+        params = " | ".join(_fmt(t.params.get(k)) for k in space)
+        lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | {params} |")
+    write_text(out / "report.md", "\n".join(lines) + "\n")
+    return summary
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def tune_config(model: str, overrides: Sequence[str], root: Path) -> DictConfig:
+    """``configs/tune/<model>.yaml`` with the tune keys of the command line set: the same
+    ``key=value`` rules as every config (an unknown key or a wrong type names itself); under
+    ``space.`` a knob's bounds or choices may take any shape the file allows."""
+    path = root / "tune" / f"{model}.yaml"
+    if not path.is_file():
+        accepted = sorted(p.stem for p in (root / "tune").glob("*.yaml"))
+        raise ConfigError(f"no search space for model {model!r} ({path}); spaces exist for: {', '.join(accepted)}")
+    cfg = _load_yaml(path)
+    OmegaConf.set_struct(cfg, True)
+    for text in overrides:
+        key, raw = text.split("=", 1)
+        if key.startswith("space."):
+            with open_dict(cfg):
+                OmegaConf.update(cfg, key, _parse_value(raw), merge=True)
+        else:
+            _set(cfg, key, _parse_value(raw), f"override '{text}'")
+    return cfg

@@ -1,0 +1,128 @@
+"""`python -m fedshare.tune`: Optuna on validation, its folder, its overlay, resume after a kill,
+and proof that a search never reads the test split."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+from datamodules import FederatedDataModule
+from fedshare import tune as tune_mod
+from fedshare.config import compose
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = ["experiment=fedmf", "fed.rounds=4", "eval.every=1", "logger=none"]
+SEARCH = ["startup_trials=2", "pruner.startup_trials=2", "pruner.warmup=1"]
+
+
+def _search(tiny, out: Path, *more: str) -> int:
+    return tune_mod.main([*tiny, *FAST, *SEARCH, f"out={out}", *more])
+
+
+def _trials(out: Path) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="fedshare", storage=f"sqlite:///{out / 'study.db'}").get_trials()
+
+
+def test_a_search_writes_its_folder_and_an_overlay_train_accepts(tiny, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "search"
+    assert _search(tiny, out, "trials=4") == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # the last line: JSON
+    assert summary["trials"]["complete"] + summary["trials"]["pruned"] == 4
+    for name in ("study.db", "search.yaml", "best.yaml", "report.md", "report.json", "commands.txt"):
+        assert (out / name).is_file(), name
+    trials = _trials(out)
+    best = max((t for t in trials if t.value is not None and t.state.name == "COMPLETE"), key=lambda t: t.value)
+    assert summary["best_trial"] == best.number and summary["best_value"] == best.value
+    # every trial is a normal run folder; the value is its selected round's validation
+    folder = out / "trials" / f"trial-{best.number:04d}"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["val/recall@20"] == best.value
+    # the overlay sets the best trial's knobs, and train (or results) takes it as overlay=FILE
+    cfg = compose([*tiny, *FAST, f"overlay={out / 'best.yaml'}"])
+    for key, value in best.params.items():
+        assert OmegaConf.select(cfg, key) == value, key
+    assert sorted(best.params) == ["model.local_epochs", "model.lr", "model.reg", "model.server_lr"]
+    # the same folder again is refused; resume=true with another space too
+    assert _search(tiny, out, "trials=4") == 2
+    assert "resume=true" in capsys.readouterr().err
+    assert _search(tiny, out, "trials=4", "resume=true", "space.model.lr.high=2") == 2
+    assert "another search" in capsys.readouterr().err
+    # resume=true on a finished search adds nothing and reports again
+    assert _search(tiny, out, "trials=4", "resume=true") == 0
+    assert len(_trials(out)) == 4
+
+
+def test_a_killed_search_resumes_without_losing_finished_trials(tiny, tmp_path: Path) -> None:
+    out = tmp_path / "search"
+    cmd = [sys.executable, "-m", "fedshare.tune", *tiny, *FAST, *SEARCH, f"out={out}", "trials=4"]
+    env = {**os.environ, "FEDSHARE_FAULT_KILL_AT_TRIAL": "2"}  # SIGKILL in round 2 of trial 2
+    killed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    before = {t.number: (t.state.name, t.value, t.params) for t in _trials(out)}
+    assert [before[n][0] for n in sorted(before)][:2] in (["COMPLETE", "COMPLETE"], ["COMPLETE", "PRUNED"])
+    assert before[2][0] == "RUNNING"
+    assert tune_mod.main([*tiny, *FAST, *SEARCH, f"out={out}", "trials=4", "resume=true"]) == 0
+    after = {t.number: (t.state.name, t.value, t.params) for t in _trials(out)}
+    assert after[0] == before[0] and after[1] == before[1]  # finished trials are kept as they were
+    assert after[2][0] == "FAIL" and (out / "trials" / "trial-0002-incomplete").is_dir()
+    assert sum(state in ("COMPLETE", "PRUNED") for state, _, _ in after.values()) == 4
+
+
+def test_a_search_never_reads_the_test_split(tiny, tmp_path: Path, monkeypatch) -> None:
+    """The same search with the test split poisoned (every test item moved) proposes the same
+    trials and gets the same values: nothing chosen looked at test. The test metrics differ."""
+    assert _search(tiny, tmp_path / "clean", "trials=4") == 0
+    setup = FederatedDataModule.setup
+
+    def poisoned(self, stage=None):
+        setup(self, stage)
+        test = self.test
+        items = (test.items + 7) % test.n_items
+        for u in range(test.n_users):  # rows stay sorted, as a UserCSR's must
+            lo, hi = test.indptr[u], test.indptr[u + 1]
+            items[lo:hi] = np.sort(items[lo:hi])
+        object.__setattr__(test, "items", items)
+
+    monkeypatch.setattr(FederatedDataModule, "setup", poisoned)
+    assert _search(tiny, tmp_path / "poisoned", "trials=4") == 0
+    clean, dirty = _trials(tmp_path / "clean"), _trials(tmp_path / "poisoned")
+    assert [(t.params, t.value, t.state) for t in clean] == [(t.params, t.value, t.state) for t in dirty]
+    report = lambda p: json.loads((p / "report.json").read_text())  # noqa: E731
+    assert report(tmp_path / "clean")["best_params"] == report(tmp_path / "poisoned")["best_params"]
+    best = report(tmp_path / "clean")["best_trial"]
+    test_of = lambda p: json.loads((p / "trials" / f"trial-{best:04d}" / "metrics.json").read_text())["test/recall@20"]  # noqa: E731
+    assert test_of(tmp_path / "clean") != test_of(tmp_path / "poisoned")  # the poison reached the test
+
+
+def test_trials_log_to_one_wandb_group(tiny, tmp_path: Path) -> None:
+    out = tmp_path / "search"
+    args = [*tiny, *[a for a in FAST if a != "logger=none"], "logger.mode=offline", *SEARCH, f"out={out}", "trials=2"]
+    assert tune_mod.main(args) == 0
+    groups = {
+        OmegaConf.load(p / "config.yaml").logger.group for p in (out / "trials").iterdir() if p.is_dir()
+    }
+    assert groups == {"tune-search"}
+    assert all(any((p / "wandb").glob("offline-run-*")) for p in (out / "trials").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["trialz=3"], "trialz"),
+        (["space.model.nope={low: 1, high: 2}"], "model.nope"),
+        (["space.model.lr={low: 2, high: 1}"], "low < high"),
+        (["experiment=popularity"], "no search space for model 'popularity'"),
+        (["eval.monitor=null"], "eval.monitor"),
+    ],
+)
+def test_bad_search_input_names_what_is_wrong(tiny, tmp_path: Path, capsys, args, needle) -> None:
+    assert tune_mod.main([*tiny, *FAST, f"out={tmp_path / 's'}", *args]) == 2
+    assert needle in capsys.readouterr().err
