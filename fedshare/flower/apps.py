@@ -214,6 +214,10 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
         rounds_done = r
         if pending:
             validated(replies)
+        if selection.should_stop:  # known one round later than in-process: this round is not counted
+            rounds_done = r - 1
+            _say(f"[fedshare] early stop after round {rounds_done}: no new best {selection.monitor} in {selection.patience} validations")
+            break
         for rec in recorders:
             rec.after_round(r, module)
         seconds = time.perf_counter() - t0
@@ -231,9 +235,6 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
                 write_server(run_dir, state, history)
         round_s.append(time.perf_counter() - t0)  # the whole round as the server waits for it
         write_json(run_dir / "flower" / "rounds.json", {"round_s": round_s})
-        if selection.should_stop:  # known one round later than in-process: see Selection on Flower
-            _say(f"[fedshare] early stop: no new best {selection.monitor} in {selection.patience} validations")
-            break
     for rec in recorders:
         rec.close(module)
     if pending and selection.active:  # the test needs the selection: the last validation first

@@ -153,6 +153,18 @@ def test_a_round_is_one_message_per_node_even_with_validation_due(tiny: list[str
         assert torch.equal(t["user_emb"], rows[t["users"].long()]) and (t["users"] % 2 == k).all()
 
 
+def test_early_stopping_selects_the_in_process_round(tiny: list[str], tmp_path: Path) -> None:
+    """eval.patience on Flower: the stop is known a round later (the validation rides on the next
+    round), yet the run counts, selects and tests what the in-process run does."""
+    more = ("fed.rounds=8", "eval.every=1", "eval.patience=1")
+    expected, _ = train(_cfg(tiny, tmp_path / "inproc", *more))
+    assert expected["rounds_done"] < 8 and expected["best_round"] < expected["rounds_done"]  # it stopped early
+    got = _serve(_cfg(tiny, tmp_path / "flower", *more), MemoryGrid(2))
+    assert got == expected
+    history = json.loads((tmp_path / "flower" / "history.json").read_text())
+    assert history == json.loads((tmp_path / "inproc" / "history.json").read_text())
+
+
 def test_nodes_draw_their_own_streams(tiny: list[str], tmp_path: Path) -> None:
     """fed.nodes changes the draws (each node has its own stream), not the model: a run's
     numbers depend on it, which is why the Flower run is compared with the same fed.nodes."""
