@@ -10,6 +10,11 @@ A run whose folder holds ``metrics.json`` is reused, so a long campaign is conti
 the same command again. The leftovers of an unfinished attempt (folder without ``metrics.json``,
 log) are renamed ``...-incomplete-<time>`` and the run starts over; nothing is deleted.
 A failed run is reported and the others go on; the exit status is 1 if any failed.
+With ``--tune-trials N`` the campaign first searches FedMF, FedShare and the centralized LightGCN
+on each dataset with the same N trials (``python -m fedshare.tune``, on validation, into
+``RUNS_ROOT/tune/<dataset>-<experiment>``; a search that used its budget is reused, a killed one
+resumed), and each method's runs take its search's best keys (the ablations FedShare's); the
+page shows every search's budget, trials and tuned keys.
 One campaign per runs root at a time: a second one would take the first one's runs for killed ones.
 
 ``--dry-run`` prints what would run; ``--collect-only`` only reads the finished runs.
@@ -36,9 +41,13 @@ from fedshare.reporting.results_page import (
     campaign,
     collect,
     plan,
+    plan_searches,
     preflight,
     render,
     results_command,
+    run_searches,
+    search_rows,
+    tuned,
 )
 
 
@@ -63,6 +72,14 @@ def parser(labels: list[str]) -> argparse.ArgumentParser:
     )
     p.add_argument("--runs-root", default=DEFAULTS["runs_root"], help="where the runs go (%(default)s)")
     p.add_argument("--out", default=DEFAULTS["out"], help="the page (%(default)s)")
+    p.add_argument(
+        "--tune-trials",
+        type=int,
+        default=DEFAULTS["tune_trials"],
+        help="first search FedMF, FedShare and LightGCN on each dataset with this many trials each "
+        "(python -m fedshare.tune, on validation; RUNS_ROOT/tune/<dataset>-<experiment>), then run their "
+        "best keys; 0: the configs' defaults (%(default)s)",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--collect-only", action="store_true", help="only read finished runs; train nothing")
     mode.add_argument(
@@ -134,9 +151,18 @@ def main(argv: list[str] | None = None, methods: list[tuple[str, list[str]]] | N
         print(f"error: --seeds needs distinct integers, got {opts.seeds!r}", file=sys.stderr)
         return 2
 
+    if opts.tune_trials < 0:
+        print(f"error: --tune-trials takes an integer >= 0, got {opts.tune_trials}", file=sys.stderr)
+        return 2
     chosen = [m for m in catalog if m[0] in picked]
     runs_root = Path(opts.runs_root)
     runs = plan(datasets, seeds, chosen, opts.data_root, runs_root, extras)
+    searches = (
+        plan_searches(datasets, chosen, opts.tune_trials, opts.data_root, runs_root, extras)
+        if opts.tune_trials
+        else []
+    )
+    runs = tuned(runs, searches)
     command = results_command(
         datasets,
         seeds,
@@ -145,12 +171,18 @@ def main(argv: list[str] | None = None, methods: list[tuple[str, list[str]]] | N
         opts.runs_root,
         opts.out,
         extras,
+        opts.tune_trials,
     )
 
     problems = preflight(runs, validate=not opts.collect_only)
     if problems:
         print("\n".join(problems) + "\nnothing was run or written", file=sys.stderr)
         return 2
+    if searches and not opts.collect_only:  # the equal-budget searches first: the runs take their keys
+        failed = run_searches(searches, dry_run=opts.dry_run)
+        if failed:
+            print("FAILED searches:\n  " + "\n  ".join(failed) + "\nno run was started", file=sys.stderr)
+            return 1
 
     outcomes = campaign(runs, runs_root, dry_run=opts.dry_run, collect_only=opts.collect_only)
     if outcomes is None:
@@ -166,7 +198,7 @@ def main(argv: list[str] | None = None, methods: list[tuple[str, list[str]]] | N
         print(f"nothing written to {opts.out} or {runs_root / 'results.json'}", file=sys.stderr)
         return 2
     generated = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    page = render(collected, command, generated, opts.runs_root)
+    page = render(collected, command, generated, opts.runs_root, search_rows(searches))
     write_text(Path(opts.out), page)
     payload = {
         "generated": generated,
@@ -174,6 +206,7 @@ def main(argv: list[str] | None = None, methods: list[tuple[str, list[str]]] | N
         "k": K,
         "std": "sample (ddof=1)",
         "datasets": collected,
+        "searches": search_rows(searches),
     }
     write_json(runs_root / "results.json", payload)
 

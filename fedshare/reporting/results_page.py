@@ -37,6 +37,16 @@ METHODS: list[tuple[str, list[str]]] = [
     # 400 epochs of ML-1M take over an hour on 2 CPU cores; this row is what a CPU campaign affords
     ("LightGCN (centralized; 100 epochs)", ["experiment=lightgcn_central", "fed.rounds=100"]),
 ]
+# the search (`python -m fedshare.tune`) whose best keys a method's runs take with --tune-trials;
+# the ablations run at FedShare's tuned config, both LightGCN rows at the one LightGCN search
+TUNED_BY: dict[str, str] = {
+    "FedMF": "fedmf",
+    "FedShare": "fedshare",
+    "FedShare w/o alignment": "fedshare",
+    "FedShare w/o graph": "fedshare",
+    "LightGCN (centralized)": "lightgcn_central",
+    "LightGCN (centralized; 100 epochs)": "lightgcn_central",
+}
 DATASETS = ["ml-100k", "ml-1m"]
 SEEDS = [0, 1, 2]
 K = 20
@@ -49,6 +59,7 @@ DEFAULTS = {
     "data_root": None,  # the dataset config's own default: data.root, else $FEDSHARE_DATA, else the cache
     "runs_root": "runs/results",
     "out": "docs/RESULTS.md",
+    "tune_trials": 0,  # --tune-trials: 0 runs the configs' defaults (no search)
 }
 
 
@@ -81,6 +92,131 @@ class Run:
     @property
     def name(self) -> str:
         return f"{self.dataset} {self.label} seed {self.seed}"
+
+
+@dataclass
+class Search:
+    """One equal-budget search of a campaign: an experiment on a dataset, ``trials`` trials."""
+
+    dataset: str
+    experiment: str
+    overrides: list[str]  # the run's keys every trial trains with (experiment, data, extras)
+    trials: int
+    folder: Path
+
+    @property
+    def overlay(self) -> Path:
+        return self.folder / "best.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.folder.with_name(f"{self.folder.name}.log")
+
+    @property
+    def args(self) -> list[str]:
+        resume = ["resume=true"] if (self.folder / "study.db").exists() else []
+        return [*self.overrides, f"trials={self.trials}", f"out={self.folder}", *RUN_FLAGS, *resume]
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset} search {self.experiment} ({self.trials} trials)"
+
+    def done(self) -> bool:
+        report = _read_json(self.folder / "report.json")
+        if not report or not self.overlay.is_file():
+            return False
+        trials = report.get("trials", {})
+        return trials.get("complete", 0) + trials.get("pruned", 0) >= self.trials
+
+
+def plan_searches(
+    datasets: list[str],
+    methods: list[tuple[str, list[str]]],
+    trials: int,
+    data_root: str | None,
+    runs_root: Path,
+    extras: list[str],
+) -> list[Search]:
+    """The searches the methods' runs need: one per (dataset, search) with ``trials`` each."""
+    searches = []
+    for dataset in datasets:
+        data = [f"data={dataset}"] + (
+            [] if _is_synthetic(dataset) or data_root is None else [f"data.root={data_root}"]
+        )
+        for experiment in dict.fromkeys(TUNED_BY[label] for label, _ in methods if label in TUNED_BY):
+            searches.append(
+                Search(
+                    dataset,
+                    experiment,
+                    [f"experiment={experiment}", *data, *extras],
+                    trials,
+                    runs_root / "tune" / f"{dataset}-{experiment}",
+                )
+            )
+    return searches
+
+
+def tuned(runs: list[Run], searches: list[Search]) -> list[Run]:
+    """Each run of a tuned method with its search's best keys (``overlay=.../best.yaml``)."""
+    by = {(s.dataset, s.experiment): s for s in searches}
+    for run in runs:
+        search = by.get((run.dataset, TUNED_BY.get(run.label, "")))
+        if search is not None:
+            run.overrides.append(f"overlay={search.overlay}")  # before an ablation's key=value: it wins
+    return runs
+
+
+def run_searches(searches: list[Search], dry_run: bool = False) -> list[str]:
+    """Runs (or resumes) each search that has not used its budget; returns the failures."""
+    failed = []
+    for i, search in enumerate(searches, 1):
+        head = f"[search {i}/{len(searches)}] {search.name}"
+        command = "python -m fedshare.tune " + " ".join(shlex.quote(a) for a in search.args)
+        if search.done():
+            print(f"{head} ... reused ({search.folder / 'report.json'})")
+            continue
+        if dry_run:
+            print(f"{head} would run: {command}")
+            continue
+        print(f"{head} ... ", end="", flush=True)
+        search.folder.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        with open(search.log, "a") as log:
+            log.write(f"# {command}\n")
+            log.flush()
+            code = subprocess.call(
+                [sys.executable, "-m", "fedshare.tune", *search.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        if code != 0 or not search.done():
+            failed.append(f"{search.name}: exit {code}; log: {search.log}")
+            print(f"FAILED (exit {code}); last lines of {search.log}:")
+            for line in tail(search.log):
+                print(f"    {line}")
+        else:
+            print(f"{time.perf_counter() - t0:.1f} s")
+    return failed
+
+
+def search_rows(searches: list[Search]) -> dict[str, list[dict[str, Any]]]:
+    """What the page says of each search: budget, trials finished and pruned, best value, keys."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for search in searches:
+        report = _read_json(search.folder / "report.json") or {}
+        out.setdefault(search.dataset, []).append(
+            {
+                "experiment": search.experiment,
+                "budget": search.trials,
+                "trials": report.get("trials", {}),
+                "monitor": report.get("monitor"),
+                "best_value": report.get("best_value"),
+                "best_params": report.get("best_params", {}),
+                "folder": str(search.folder),
+            }
+        )
+    return out
 
 
 @dataclass
@@ -254,8 +390,8 @@ def preflight(runs: list[Run], validate: bool = True) -> list[str]:
             if (run.dataset, run.label) in seen:  # seeds differ only in seed=N
                 continue
             seen.add((run.dataset, run.label))
-            try:
-                compose(run.args)
+            try:  # a search's overlay may not exist yet: the run's own keys are checked
+                compose([a for a in run.args if not a.startswith("overlay=")])
             except ConfigError as err:
                 problems.append(f"config error ({run.dataset}, {run.label}): {err}")
     for run in runs:
@@ -421,7 +557,13 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render(collected: dict[str, Any], command: str, generated: str, runs_root: str) -> str:
+def render(
+    collected: dict[str, Any],
+    command: str,
+    generated: str,
+    runs_root: str,
+    searches: dict[str, list[dict[str, Any]]] | None = None,
+) -> str:
     machines: dict[str, int] = {}
     for rows in collected.values():
         for entry in rows.values():
@@ -469,6 +611,8 @@ def render(collected: dict[str, Any], command: str, generated: str, runs_root: s
                 f"{fmt_mean_std(entry['summary'].get(metric_n), n)} | {fmt_seeds(entry)} | "
                 f"{fmt_wall(entry['wall_s'])} | `{_cell(entry['command'])}` |"
             )
+        if searches and searches.get(dataset):
+            lines += ["", *tuning_lines(dataset, searches[dataset])]
         shown = [m for m in GROUP_TABLE if m in rows]
         if not shown:
             continue
@@ -493,6 +637,32 @@ def render(collected: dict[str, Any], command: str, generated: str, runs_root: s
     return "\n".join(lines) + "\n"
 
 
+def tuning_lines(dataset: str, rows: list[dict[str, Any]]) -> list[str]:
+    """The equal-budget searches of a dataset: budget, trials, best validation, tuned keys."""
+    lines = [
+        f"### {dataset}: tuning (the same budget for every searched method)",
+        "",
+        "Each method's knobs were searched on the validation split with `python -m fedshare.tune` "
+        "(Optuna TPE, median pruning on the validation curve; spaces in `configs/tune/`), and its rows "
+        "above run the best trial's keys (`overlay=<search>/best.yaml`; the ablations at FedShare's). "
+        "No test metric was read to choose.",
+        "",
+        "| search | budget | finished / pruned | best validation | tuned keys |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        trials = row["trials"]
+        best = "—" if row["best_value"] is None else f"{row['monitor']} {row['best_value']:.4f}"
+        keys = ", ".join(
+            f"`{k}={v:.4g}`" if isinstance(v, float) else f"`{k}={v}`" for k, v in row["best_params"].items()
+        )
+        lines.append(
+            f"| `{row['experiment']}` | {row['budget']} | {trials.get('complete', 0)} / "
+            f"{trials.get('pruned', 0)} | {best} | {_cell(keys) or '—'} |"
+        )
+    return lines
+
+
 def results_command(
     datasets: list[str],
     seeds: list[int],
@@ -501,6 +671,7 @@ def results_command(
     runs_root: str,
     out: str,
     extras: list[str],
+    tune_trials: int = 0,
 ) -> str:
     """The command that regenerates the page (``labels`` None: every method)."""
     parts = [
@@ -520,6 +691,7 @@ def results_command(
         runs_root,
         "--out",
         out,
+        *(["--tune-trials", str(tune_trials)] if tune_trials else []),
     ]
     if extras:
         parts += ["--", *extras]

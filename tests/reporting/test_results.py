@@ -278,3 +278,39 @@ def test_a_real_failed_run_shows_its_log(tmp_path: Path, capsys: pytest.CaptureF
     assert "data error" in captured.out and "u.data" in captured.out  # the tail of the run's log
     assert "FAILED: 1 of 1 runs" in captured.err
     assert _table(out.read_text(), "## ml-100k")["popularity"][2] == "n=0 of 1 (missing seed 0)"
+
+
+def test_tuned_campaign_searches_each_method_with_the_same_budget(
+    tiny: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--tune-trials N: one search per (dataset, method) with N trials each, then each method's
+    runs take its search's best keys; the ablation runs at FedShare's and keeps its own switch."""
+    from omegaconf import OmegaConf
+
+    root, out = tmp_path / "runs", tmp_path / "RESULTS.md"
+    args = ["--datasets", "synthetic", "--seeds", "0", "--methods", "FedMF,FedShare w/o alignment"]
+    args += ["--runs-root", str(root), "--out", str(out), "--tune-trials", "2"]
+    args += ["--", *tiny, "fed.rounds=3", "eval.every=1"]
+    assert results_cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "[search 1/2] synthetic search fedmf (2 trials)" in printed
+    assert "[search 2/2] synthetic search fedshare (2 trials)" in printed
+    for experiment, method in (("fedmf", "fedmf"), ("fedshare", "fedshare-wo-alignment")):
+        search = root / "tune" / f"synthetic-{experiment}"
+        report = json.loads((search / "report.json").read_text())
+        assert report["trials"]["complete"] + report["trials"]["pruned"] == 2  # the same budget
+        cfg = OmegaConf.load(root / "synthetic" / method / "seed0" / "config.yaml")
+        for key, value in report["best_params"].items():
+            if key != "model.lambda_cl":
+                assert OmegaConf.select(cfg, key) == value, key
+        record = json.loads((root / "synthetic" / method / "seed0.run.json").read_text())
+        assert f"overlay={search / 'best.yaml'}" in record["overrides"]
+    assert OmegaConf.load(root / "synthetic" / "fedshare-wo-alignment" / "seed0" / "config.yaml").model.lambda_cl == 0
+    page = out.read_text()
+    tuning = _table(page, "### synthetic: tuning (the same budget for every searched method)")
+    assert tuning["`fedmf`"][0] == "2" and tuning["`fedshare`"][0] == "2"
+    assert "--tune-trials 2" in page
+    # again: the searches and runs are reused
+    assert results_cli.main(args) == 0
+    again = capsys.readouterr().out
+    assert again.count("... reused (") == 4
