@@ -329,7 +329,7 @@ class GraphServer(FedAvgServer):
                     keep = torch.randperm(items.numel(), generator=self.step_gen)[: self.align_items]
                     items = items.index_select(0, keep.to(device))
 
-                def extra(out: Tensor, items: Tensor = items):
+                def extra(out: Tensor, items: Tensor = items, aligned: list[Tensor] = aligned):
                     return self._align_rows(out, items, aligned)
 
             optimizer.zero_grad(set_to_none=True)

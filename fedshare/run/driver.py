@@ -28,9 +28,9 @@ from omegaconf import DictConfig
 
 from fedshare.atomic import write_json, write_text
 from fedshare.config import to_yaml
+from fedshare.eval.selection import Selection
 from fedshare.reporting.tables import group_rows, report_run
 from fedshare.reporting.unlearning_page import log_wandb
-from fedshare.eval.selection import Selection
 from fedshare.unlearning.context import Recorder
 from fedshare.unlearning.phase import unlearn_phase
 from fedshare.unlearning.registry import recorders as method_recorders
