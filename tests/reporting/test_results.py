@@ -290,7 +290,7 @@ def test_tuned_campaign_searches_each_method_with_the_same_budget(
     root, out = tmp_path / "runs", tmp_path / "RESULTS.md"
     args = ["--datasets", "synthetic", "--seeds", "0", "--methods", "FedMF,FedShare w/o alignment"]
     args += ["--runs-root", str(root), "--out", str(out), "--tune-trials", "2"]
-    args += ["--", *tiny, "fed.rounds=3", "eval.every=1"]
+    args += ["--", *tiny, "fed.rounds=2", "eval.every=1"]
     assert results_cli.main(args) == 0
     printed = capsys.readouterr().out
     assert "[search 1/2] synthetic search fedmf (2 trials)" in printed

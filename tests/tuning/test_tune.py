@@ -19,7 +19,7 @@ from fedshare import tune as tune_mod
 from fedshare.config import compose
 
 REPO = Path(__file__).resolve().parents[2]
-FAST = ["experiment=fedmf", "fed.rounds=4", "eval.every=1", "logger=none"]
+FAST = ["experiment=fedmf", "fed.rounds=3", "eval.every=1", "logger=none"]
 SEARCH = ["startup_trials=2", "pruner.startup_trials=2", "pruner.warmup=1"]
 
 
@@ -33,9 +33,9 @@ def _trials(out: Path) -> list[optuna.trial.FrozenTrial]:
 
 def test_a_search_writes_its_folder_and_an_overlay_train_accepts(tiny, tmp_path: Path, capsys) -> None:
     out = tmp_path / "search"
-    assert _search(tiny, out, "trials=4") == 0
+    assert _search(tiny, out, "trials=3") == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # the last line: JSON
-    assert summary["trials"]["complete"] + summary["trials"]["pruned"] == 4
+    assert summary["trials"]["complete"] + summary["trials"]["pruned"] == 3
     for name in ("study.db", "search.yaml", "best.yaml", "report.md", "report.json", "commands.txt"):
         assert (out / name).is_file(), name
     trials = _trials(out)
@@ -51,13 +51,13 @@ def test_a_search_writes_its_folder_and_an_overlay_train_accepts(tiny, tmp_path:
         assert OmegaConf.select(cfg, key) == value, key
     assert sorted(best.params) == ["model.local_epochs", "model.lr", "model.reg", "model.server_lr"]
     # the same folder again is refused; resume=true with another space too
-    assert _search(tiny, out, "trials=4") == 2
+    assert _search(tiny, out, "trials=3") == 2
     assert "resume=true" in capsys.readouterr().err
-    assert _search(tiny, out, "trials=4", "resume=true", "space.model.lr.high=2") == 2
+    assert _search(tiny, out, "trials=3", "resume=true", "space.model.lr.high=2") == 2
     assert "another search" in capsys.readouterr().err
     # resume=true on a finished search adds nothing and reports again
-    assert _search(tiny, out, "trials=4", "resume=true") == 0
-    assert len(_trials(out)) == 4
+    assert _search(tiny, out, "trials=3", "resume=true") == 0
+    assert len(_trials(out)) == 3
 
 
 def test_a_killed_search_resumes_without_losing_finished_trials(tiny, tmp_path: Path) -> None:
@@ -79,7 +79,7 @@ def test_a_killed_search_resumes_without_losing_finished_trials(tiny, tmp_path: 
 def test_a_search_never_reads_the_test_split(tiny, tmp_path: Path, monkeypatch) -> None:
     """The same search with the test split poisoned (every test item moved) proposes the same
     trials and gets the same values: nothing chosen looked at test. The test metrics differ."""
-    assert _search(tiny, tmp_path / "clean", "trials=4") == 0
+    assert _search(tiny, tmp_path / "clean", "trials=3") == 0
     setup = FederatedDataModule.setup
 
     def poisoned(self, stage=None):
@@ -92,7 +92,7 @@ def test_a_search_never_reads_the_test_split(tiny, tmp_path: Path, monkeypatch) 
         object.__setattr__(test, "items", items)
 
     monkeypatch.setattr(FederatedDataModule, "setup", poisoned)
-    assert _search(tiny, tmp_path / "poisoned", "trials=4") == 0
+    assert _search(tiny, tmp_path / "poisoned", "trials=3") == 0
     clean, dirty = _trials(tmp_path / "clean"), _trials(tmp_path / "poisoned")
     assert [(t.params, t.value, t.state) for t in clean] == [(t.params, t.value, t.state) for t in dirty]
     report = lambda p: json.loads((p / "report.json").read_text())  # noqa: E731
@@ -104,7 +104,7 @@ def test_a_search_never_reads_the_test_split(tiny, tmp_path: Path, monkeypatch) 
 
 def test_trials_log_to_one_wandb_group(tiny, tmp_path: Path) -> None:
     out = tmp_path / "search"
-    args = [*tiny, *[a for a in FAST if a != "logger=none"], "logger.mode=offline", *SEARCH, f"out={out}", "trials=2"]
+    args = [*tiny, *[a for a in FAST if a != "logger=none"], "logger.mode=offline", *SEARCH, f"out={out}", "trials=1"]
     assert tune_mod.main(args) == 0
     groups = {
         OmegaConf.load(p / "config.yaml").logger.group for p in (out / "trials").iterdir() if p.is_dir()
