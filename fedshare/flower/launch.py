@@ -533,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stopped)
+    # Ctrl-C stops the run even when this process inherited SIGINT ignored (a job started with
+    # `&` from a script, nohup): Python leaves an ignored SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         launch(cfg, shlex.join(["python", "-m", "fedshare.flower", *args]))
     except (LaunchError, RunFolderError, DatasetError) as err:
