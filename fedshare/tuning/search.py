@@ -144,7 +144,9 @@ def _lock(out: Path):
     return handle
 
 
-def _open_study(out: Path, search: dict[str, Any], tcfg: DictConfig, resume: bool) -> optuna.Study:
+def _open_study(
+    out: Path, search: dict[str, Any], tcfg: DictConfig, resume: bool, warmup_rounds: int
+) -> optuna.Study:
     db, spec = out / "study.db", out / "search.yaml"
     if db.exists() and not resume:
         raise SearchError(
@@ -163,7 +165,7 @@ def _open_study(out: Path, search: dict[str, Any], tcfg: DictConfig, resume: boo
         write_text(spec, OmegaConf.to_yaml(OmegaConf.create(search)))
     sampler = optuna.samplers.TPESampler(seed=int(tcfg.sampler_seed), n_startup_trials=int(tcfg.startup_trials))
     pruner = optuna.pruners.MedianPruner(
-        n_startup_trials=int(tcfg.pruner.startup_trials), n_warmup_steps=0, n_min_trials=1
+        n_startup_trials=int(tcfg.pruner.startup_trials), n_warmup_steps=warmup_rounds, n_min_trials=1
     )
     study = optuna.create_study(
         study_name=STUDY,
@@ -205,12 +207,12 @@ def search(run_overrides: Sequence[str], tcfg: DictConfig, command: str | None =
             "startup_trials": int(tcfg.startup_trials),
             "pruner": OmegaConf.to_container(tcfg.pruner, resolve=True),
         }
-        study = _open_study(out, what, tcfg, bool(tcfg.resume))
+        # steps are rounds: the first pruner.warmup validations are never pruned
+        warmup_rounds = int(tcfg.pruner.warmup) * max(1, int(base.eval.every))
+        study = _open_study(out, what, tcfg, bool(tcfg.resume), warmup_rounds)
         if command:
             with open(out / "commands.txt", "a") as f:
                 f.write(command + "\n")
-        warmup_rounds = int(tcfg.pruner.warmup) * max(1, int(base.eval.every))
-        study.pruner._n_warmup_steps = warmup_rounds  # steps are rounds: the first validations are never pruned
         group = f"tune-{out.name}"
 
         def objective(trial: optuna.Trial) -> float:
