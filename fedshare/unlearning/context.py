@@ -17,6 +17,9 @@ from typing import Any
 
 from torch import Tensor
 
+from fedshare.eval.selection import Selection
+from fedshare.unlearning.judge import validation
+
 
 @dataclass
 class UnlearnContext:
@@ -36,6 +39,38 @@ def folder_bytes(folder: Path) -> int:
     if not folder.exists():
         return 0
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def train_selected(ctx: UnlearnContext, model, first: int, last: int, start_is_candidate: bool = False):
+    """Trains ``model`` for rounds ``first..last`` and returns the model of the best validated
+    round, selected as the learning phase selects (`fedshare.eval.selection`: ``eval.monitor``,
+    ties keep the earlier round, ``eval.patience`` stops early). It validates every
+    ``eval.every`` rounds counted from ``first``, and the last round; ``start_is_candidate``
+    validates the model it was given too (a deleted copy is a model; a fresh one is not).
+    Without a validation split or with ``eval.monitor`` null, the last round's model. The
+    returned module's ``selected_round`` names its round (the phase writes it into metrics.json)."""
+    cfg = ctx.dm.cfg
+    selection = Selection.for_run(cfg, bool(ctx.dm.valid.items.size), ctx.dm.val_split)
+    every, batch = max(1, int(cfg.eval.every)), int(cfg.eval.batch_users)
+    best = None
+
+    def validate(round_: int) -> None:
+        nonlocal best
+        if selection.update({"round": round_, **validation(model, ctx.dm.n_users, batch)}):
+            best = copy.deepcopy(model)
+            best.selected_round = round_
+
+    if selection.active and start_is_candidate:
+        validate(first - 1)
+    optimizer = model.configure_optimizers()
+    for r in range(first, last + 1):
+        model.run_round(r, optimizer)
+        model.selected_round = r
+        if selection.active and ((r - first + 1) % every == 0 or r == last):
+            validate(r)
+            if selection.should_stop:
+                break
+    return model if best is None else best
 
 
 def deleted_copy(ctx: UnlearnContext):

@@ -1,13 +1,11 @@
-"""``finetune``: delete the revoked edges, then keep training for ``unlearn.finetune.rounds`` rounds."""
+"""``finetune``: delete the revoked edges, then keep training for ``unlearn.finetune.rounds``
+rounds, selecting on validation among the deleted copy and its fine-tuned rounds (`train_selected`)."""
 
 from __future__ import annotations
 
-from fedshare.unlearning.context import UnlearnContext, deleted_copy
+from fedshare.unlearning.context import UnlearnContext, deleted_copy, train_selected
 
 
 def finetune(ctx: UnlearnContext):
-    model = deleted_copy(ctx)
-    optimizer = model.configure_optimizers()
-    for r in range(ctx.rounds + 1, ctx.rounds + 1 + int(ctx.options["rounds"])):
-        model.run_round(r, optimizer)
-    return model
+    first = ctx.rounds + 1
+    return train_selected(ctx, deleted_copy(ctx), first, first + int(ctx.options["rounds"]) - 1, True)

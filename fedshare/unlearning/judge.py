@@ -24,6 +24,16 @@ def ranking(module, users: Tensor, batch_users: int) -> dict[str, float]:
 
 
 @torch.no_grad()
+def validation(module, n_users: int, batch_users: int) -> dict[str, float]:
+    """The learning phase's validation of ``module``: every user's validation items ranked with
+    their train items masked, as ``validation_step`` does; ``val/...`` keys, sharing groups included."""
+    metric = RankingMetrics(module.ks, module.group_names)
+    for chunk in torch.arange(n_users).split(batch_users):
+        module._evaluate(chunk, "valid", ("train",), metric)
+    return {f"val/{k}": float(v) for k, v in metric.compute().items()}
+
+
+@torch.no_grad()
 def server_scores(module, users: Tensor) -> Tensor:
     """What the server alone can score: its user views against its item views."""
     server = module.server

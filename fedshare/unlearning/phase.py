@@ -221,6 +221,8 @@ def unlearn_phase(
         judged = judge_fn(unlearned, dm, users, items, k)
         metrics.update({f"unlearn/{name}/{key}": v for key, v in judged.items()})
         metrics[f"unlearn/{name}/time_s"] = seconds
+        if getattr(unlearned, "selected_round", None) is not None:  # a method that trains selects
+            metrics[f"unlearn/{name}/best_round"] = float(unlearned.selected_round)
         metrics[f"unlearn/{name}/storage_bytes"] = float(folder_bytes(store))
         first = first or unlearned
     if first is not None:

@@ -1,13 +1,11 @@
-"""``retrain``: train from scratch with the revoked pairs local (the gold standard)."""
+"""``retrain``: train from scratch with the revoked pairs local (the gold standard), selecting
+its round on validation as the learning phase does (`train_selected`)."""
 
 from __future__ import annotations
 
-from fedshare.unlearning.context import UnlearnContext
+from fedshare.unlearning.context import UnlearnContext, train_selected
 
 
 def retrain(ctx: UnlearnContext):
     model = ctx.build(ctx.dm.revoked(ctx.users.numpy(), ctx.items.numpy()))
-    optimizer = model.configure_optimizers()
-    for r in range(1, ctx.rounds + 1):
-        model.run_round(r, optimizer)
-    return model
+    return train_selected(ctx, model, 1, int(ctx.dm.cfg.fed.rounds))

@@ -95,6 +95,10 @@ def test_every_method_reports_every_key(run: Path) -> None:
     on_disk = sum(p.stat().st_size for p in snapshots.rglob("*") if p.is_file())
     assert metrics["unlearn/contrastive/storage_bytes"] == on_disk > 0  # nothing rewrote them
     assert metrics["unlearn/retrain/storage_bytes"] == 0
+    # the methods that train select on validation (every 3 rounds, the last included)
+    learned = metrics["best_round"]
+    assert metrics["unlearn/retrain/best_round"] in (3, 6)
+    assert metrics["unlearn/finetune/best_round"] in (learned, learned + 2)
     # the baselines keep update histories: far more than a few snapshots
     assert metrics["unlearn/fru/storage_bytes"] > metrics["unlearn/contrastive/storage_bytes"]
     assert metrics["unlearn/fedEraser/storage_bytes"] > 0
