@@ -40,6 +40,7 @@ from fedshare.reporting.results_page import (
     K,
     campaign,
     collect,
+    parse_budget,
     plan,
     plan_searches,
     preflight,
@@ -74,11 +75,19 @@ def parser(labels: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULTS["out"], help="the page (%(default)s)")
     p.add_argument(
         "--tune-trials",
-        type=int,
         default=DEFAULTS["tune_trials"],
         help="first search FedMF, FedShare and LightGCN on each dataset with this many trials each "
         "(python -m fedshare.tune, on validation; RUNS_ROOT/tune/<dataset>-<experiment>), then run their "
-        "best keys; 0: the configs' defaults (%(default)s)",
+        "best keys; N for every dataset, or N,DATASET=M,... for a dataset's own budget (the same for "
+        "every method there); 0: the configs' defaults (%(default)s)",
+    )
+    p.add_argument(
+        "--valid-ratio",
+        type=float,
+        default=DEFAULTS["valid_ratio"],
+        help="a dataset with train/test files and no validation file gets this share of each user's "
+        "train as validation (data.split.valid_ratio), so that its runs select on validation "
+        "(%(default)s)",
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--collect-only", action="store_true", help="only read finished runs; train nothing")
@@ -151,16 +160,19 @@ def main(argv: list[str] | None = None, methods: list[tuple[str, list[str]]] | N
         print(f"error: --seeds needs distinct integers, got {opts.seeds!r}", file=sys.stderr)
         return 2
 
-    if opts.tune_trials < 0:
-        print(f"error: --tune-trials takes an integer >= 0, got {opts.tune_trials}", file=sys.stderr)
+    try:
+        budget = parse_budget(opts.tune_trials, datasets)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not 0 <= opts.valid_ratio < 1:
+        print(f"error: --valid-ratio takes a share in [0, 1), got {opts.valid_ratio}", file=sys.stderr)
         return 2
     chosen = [m for m in catalog if m[0] in picked]
     runs_root = Path(opts.runs_root)
-    runs = plan(datasets, seeds, chosen, opts.data_root, runs_root, extras)
-    searches = (
-        plan_searches(datasets, chosen, opts.tune_trials, opts.data_root, runs_root, extras)
-        if opts.tune_trials
-        else []
+    runs = plan(datasets, seeds, chosen, opts.data_root, runs_root, extras, opts.valid_ratio)
+    searches = plan_searches(
+        datasets, chosen, budget, opts.data_root, runs_root, extras, opts.valid_ratio
     )
     runs = tuned(runs, searches)
     command = results_command(
@@ -172,6 +184,7 @@ def main(argv: list[str] | None = None, methods: list[tuple[str, list[str]]] | N
         opts.out,
         extras,
         opts.tune_trials,
+        opts.valid_ratio,
     )
 
     problems = preflight(runs, validate=not opts.collect_only)

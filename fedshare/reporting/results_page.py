@@ -7,6 +7,7 @@ What runs where and how a campaign is continued: ``python -m fedshare.results --
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -33,6 +34,7 @@ METHODS: list[tuple[str, list[str]]] = [
     ("FedShare", ["experiment=fedshare"]),
     ("FedShare w/o alignment", ["experiment=fedshare", "model.lambda_cl=0"]),
     ("FedShare w/o graph", ["experiment=fedshare", "model.use_graph=false"]),
+    ("FedShare w/o fusion", ["experiment=fedshare", "model.beta=0"]),
     ("LightGCN (centralized)", ["experiment=lightgcn_central"]),
     # 400 epochs of ML-1M take over an hour on 2 CPU cores; this row is what a CPU campaign affords
     ("LightGCN (centralized; 100 epochs)", ["experiment=lightgcn_central", "fed.rounds=100"]),
@@ -44,6 +46,7 @@ TUNED_BY: dict[str, str] = {
     "FedShare": "fedshare",
     "FedShare w/o alignment": "fedshare",
     "FedShare w/o graph": "fedshare",
+    "FedShare w/o fusion": "fedshare",
     "LightGCN (centralized)": "lightgcn_central",
     "LightGCN (centralized; 100 epochs)": "lightgcn_central",
 }
@@ -52,6 +55,15 @@ SEEDS = [0, 1, 2]
 K = 20
 # where a run writes and what it prints; none of these changes its numbers
 RUN_FLAGS = ["logger=none", "trainer.enable_progress_bar=false"]
+# a dataset's record that is not a protocol row, named under its table (dataset -> (folder, what))
+SEPARATE_RECORDS = {
+    "gowalla": (
+        "docs/runs/gowalla-lightgcn-cpu-e20",
+        "the paper-comparable reproduction of centralized LightGCN on Gowalla's own train/test files, "
+        "with no validation split: a test-only learning curve (`eval.curve=true`), nothing selected on it; "
+        "its command and numbers are in the README",
+    )
+}
 GROUP_TABLE = ["FedMF", "FedShare"]  # rows of the per-sharing-group table
 GAIN = ("FedShare", "FedMF")  # relative gain of the first over the second in mean Recall@K
 TAIL_LINES = 15  # lines of a failed run's log shown on the console
@@ -59,7 +71,11 @@ DEFAULTS = {
     "data_root": None,  # the dataset config's own default: data.root, else $FEDSHARE_DATA, else the cache
     "runs_root": "runs/results",
     "out": "docs/RESULTS.md",
-    "tune_trials": 0,  # --tune-trials: 0 runs the configs' defaults (no search)
+    "tune_trials": "0",  # --tune-trials: 0 runs the configs' defaults (no search); N,dataset=M per dataset
+    # a dataset with its own train/test files and no validation file gets this share of each
+    # user's train carved out as validation (data.split.valid_ratio, seeded), so that every
+    # protocol run selects on validation; the paper-comparable test-only curve is its own record
+    "valid_ratio": 0.1,
 }
 
 
@@ -129,27 +145,70 @@ class Search:
         return trials.get("complete", 0) + trials.get("pruned", 0) >= self.trials
 
 
+def parse_budget(text: str, datasets: list[str]) -> dict[str, int]:
+    """``--tune-trials``: ``N`` for every dataset, or ``N,gowalla=M,...`` (a dataset's own budget,
+    still the same for every method searched on it); 0 searches nothing there."""
+    budget: dict[str, int] = {}
+    default = None
+    for item in (x.strip() for x in str(text).split(",") if x.strip()):
+        name, eq, value = item.rpartition("=")
+        try:
+            trials = int(value)
+        except ValueError:
+            trials = -1
+        if trials < 0 or (eq and name not in datasets) or (not eq and default is not None):
+            raise ValueError(
+                f"--tune-trials takes N (trials per method on every dataset) or N,DATASET=M,... with "
+                f"integers >= 0 and DATASET one of --datasets ({', '.join(datasets)}); got {text!r}"
+            )
+        if eq:
+            budget[name] = trials
+        else:
+            default = trials
+    return {d: budget.get(d, default or 0) for d in datasets}
+
+
+def data_args(dataset: str, data_root: str | None, valid_ratio: float) -> list[str]:
+    """The data keys of a dataset's runs and searches: its config, the root of a real dataset, and a
+    validation split carved from train where the dataset has none (see DEFAULTS["valid_ratio"])."""
+    cfg = yaml.safe_load((config_dir() / "data" / f"{dataset}.yaml").read_text()) or {}
+    args = [f"data={dataset}"]
+    if cfg.get("format") != "synthetic" and data_root is not None:
+        args.append(f"data.root={data_root}")
+    split = cfg.get("split") or {}
+    if (
+        split.get("mode") == "given"
+        and not (cfg.get("files") or {}).get("valid")
+        and not split.get("valid_ratio")
+        and valid_ratio
+    ):
+        args.append(f"data.split.valid_ratio={valid_ratio}")
+    return args
+
+
 def plan_searches(
     datasets: list[str],
     methods: list[tuple[str, list[str]]],
-    trials: int,
+    trials: dict[str, int],
     data_root: str | None,
     runs_root: Path,
     extras: list[str],
+    valid_ratio: float = DEFAULTS["valid_ratio"],
 ) -> list[Search]:
-    """The searches the methods' runs need: one per (dataset, search) with ``trials`` each."""
+    """The searches the methods' runs need: one per (dataset, search), ``trials[dataset]`` each
+    (the same for every method on a dataset; none where it is 0)."""
     searches = []
     for dataset in datasets:
-        data = [f"data={dataset}"] + (
-            [] if _is_synthetic(dataset) or data_root is None else [f"data.root={data_root}"]
-        )
+        if not trials.get(dataset):
+            continue
+        data = data_args(dataset, data_root, valid_ratio)
         for experiment in dict.fromkeys(TUNED_BY[label] for label, _ in methods if label in TUNED_BY):
             searches.append(
                 Search(
                     dataset,
                     experiment,
                     [f"experiment={experiment}", *data, *extras],
-                    trials,
+                    trials[dataset],
                     runs_root / "tune" / f"{dataset}-{experiment}",
                 )
             )
@@ -228,12 +287,6 @@ class Outcome:
     detail: str = ""
 
 
-def _is_synthetic(dataset: str) -> bool:
-    """A generated dataset reads no folder, so its commands carry no ``data.root``."""
-    path = config_dir() / "data" / f"{dataset}.yaml"
-    return (yaml.safe_load(path.read_text()) or {}).get("format") == "synthetic"
-
-
 def plan(
     datasets: list[str],
     seeds: list[int],
@@ -241,6 +294,7 @@ def plan(
     data_root: str | None,
     runs_root: Path,
     extras: list[str],
+    valid_ratio: float = DEFAULTS["valid_ratio"],
 ) -> list[Run]:
     """Every run of the campaign, dataset by dataset, method by method, seed by seed."""
     slugs = [slug(label) for label, _ in methods]
@@ -248,9 +302,7 @@ def plan(
         raise ValueError(f"two methods share a folder name: {sorted(slugs)}")
     runs = []
     for dataset in datasets:
-        data = [f"data={dataset}"] + (
-            [] if _is_synthetic(dataset) or data_root is None else [f"data.root={data_root}"]
-        )
+        data = data_args(dataset, data_root, valid_ratio)
         for (label, overrides), name in zip(methods, slugs):
             for seed in seeds:
                 runs.append(
@@ -536,6 +588,31 @@ def fmt_seeds(entry: dict[str, Any]) -> str:
     return f"n={len(asked) - len(missing)} of {len(asked)} (missing {seeds} {', '.join(missing)})"
 
 
+def paired_t(new: dict[str, Any], old: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """Paired t-test over the seeds both rows finished (the same seed: the same split, sharing
+    draw and requests): differences, mean, t, degrees of freedom, two-sided p; None below 2 seeds."""
+    seeds = sorted(set(new["runs"]) & set(old["runs"]), key=int)
+    diffs = [
+        new["runs"][s]["metrics"][key] - old["runs"][s]["metrics"][key]
+        for s in seeds
+        if key in new["runs"][s]["metrics"] and key in old["runs"][s]["metrics"]
+    ]
+    if len(diffs) < 2:
+        return None
+    mean, sd, n = statistics.fmean(diffs), statistics.stdev(diffs), len(diffs)
+    if sd == 0:
+        t, p = (0.0, 1.0) if mean == 0 else (math.copysign(math.inf, mean), 0.0)
+    else:
+        from scipy.stats import t as student  # only the page needs it
+
+        t = mean / (sd / math.sqrt(n))
+        p = float(2 * student.sf(abs(t), n - 1))
+    return {"seeds": seeds, "diffs": diffs, "mean": mean, "sd": sd, "t": t, "df": n - 1, "p": p}
+
+
+ALPHA = 0.05  # a paired difference with two-sided p below this is called significant on the page
+
+
 def gain_line(rows: dict[str, Any]) -> str:
     new, old = GAIN
     key = f"test/recall@{K}"
@@ -547,9 +624,21 @@ def gain_line(rows: dict[str, Any]) -> str:
         return f"{new} over {old}: n/a ({old}'s mean Recall@{K} is 0)."
     gain = (a["mean"] - b["mean"]) / b["mean"]
     note = "" if a["n"] == b["n"] else f" ({new} n={a['n']}, {old} n={b['n']}: not the same seeds)"
-    return (
+    line = (
         f"{new} over {old}: mean Recall@{K} {a['mean']:.4f} vs {b['mean']:.4f}, "
         f"relative gain **{gain:+.2%}**{note}."
+    )
+    test = paired_t(rows[new], rows[old], key)
+    if test is None:
+        return line + " Paired t-test: n/a (fewer than 2 seeds finished by both)."
+    verdict = (
+        f"**significant** (p < {ALPHA})" if test["p"] < ALPHA else f"**within noise** (p >= {ALPHA})"
+    )
+    return line + (
+        f" Paired over seeds {', '.join(test['seeds'])}: differences "
+        + ", ".join(f"{d:+.4f}" for d in test["diffs"])
+        + f" (mean {test['mean']:+.4f}, sd {test['sd']:.4f}), t = {test['t']:.2f} with {test['df']} "
+        f"degrees of freedom, two-sided p = {test['p']:.3f}: {verdict}."
     )
 
 
@@ -593,7 +682,10 @@ def render(
         "standard deviation (ddof=1) over seeds; `±n/a` where one seed finished. Wall time: mean per "
         "run (and range) of the whole `python -m fedshare.train` process: start-up, data, training, test. "
         f"Each run also got `paths.output_dir={runs_root}/<dataset>/<method>/seed<N> "
-        f"{' '.join(RUN_FLAGS)}`; its output is in `seed<N>.log` next to that folder.",
+        f"{' '.join(RUN_FLAGS)}`; its output is in `seed<N>.log` next to that folder. Every run tests "
+        "the model of its best validated round (`eval.monitor`); a dataset without a validation file "
+        "gets one carved from train (`data.split.valid_ratio`, in its command). The gain of FedShare "
+        f"over FedMF comes with a paired t-test over seeds (two-sided; significant below p = {ALPHA}).",
     ]
     metric_r, metric_n = f"test/recall@{K}", f"test/ndcg@{K}"
     for dataset, rows in collected.items():
@@ -611,6 +703,9 @@ def render(
                 f"{fmt_mean_std(entry['summary'].get(metric_n), n)} | {fmt_seeds(entry)} | "
                 f"{fmt_wall(entry['wall_s'])} | `{_cell(entry['command'])}` |"
             )
+        if dataset in SEPARATE_RECORDS:
+            folder, what = SEPARATE_RECORDS[dataset]
+            lines += ["", f"Not a row of this table: `{folder}`, {what}."]
         if searches and searches.get(dataset):
             lines += ["", *tuning_lines(dataset, searches[dataset])]
         shown = [m for m in GROUP_TABLE if m in rows]
@@ -671,7 +766,8 @@ def results_command(
     runs_root: str,
     out: str,
     extras: list[str],
-    tune_trials: int = 0,
+    tune_trials: str = "0",
+    valid_ratio: float = DEFAULTS["valid_ratio"],
 ) -> str:
     """The command that regenerates the page (``labels`` None: every method)."""
     parts = [
@@ -691,7 +787,8 @@ def results_command(
         runs_root,
         "--out",
         out,
-        *(["--tune-trials", str(tune_trials)] if tune_trials else []),
+        *(["--tune-trials", str(tune_trials)] if str(tune_trials) != "0" else []),
+        *(["--valid-ratio", str(valid_ratio)] if valid_ratio != DEFAULTS["valid_ratio"] else []),
     ]
     if extras:
         parts += ["--", *extras]

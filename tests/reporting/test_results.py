@@ -314,3 +314,69 @@ def test_tuned_campaign_searches_each_method_with_the_same_budget(
     assert results_cli.main(args) == 0
     again = capsys.readouterr().out
     assert again.count("... reused (") == 4
+
+
+def test_a_dataset_may_have_its_own_budget_the_same_for_every_method() -> None:
+    datasets = ["synthetic", "ml-1m", "gowalla"]
+    assert results.parse_budget("20", datasets) == {"synthetic": 20, "ml-1m": 20, "gowalla": 20}
+    assert results.parse_budget("20,gowalla=6", datasets) == {"synthetic": 20, "ml-1m": 20, "gowalla": 6}
+    assert results.parse_budget("gowalla=6", datasets) == {"synthetic": 0, "ml-1m": 0, "gowalla": 6}
+    for bad in ("x", "-1", "20,30", "20,lastfm=4", "20,gowalla=-2", "20,gowalla=six"):
+        with pytest.raises(ValueError, match="--tune-trials takes N"):
+            results.parse_budget(bad, datasets)
+    searches = results.plan_searches(
+        datasets, results.METHODS, {"synthetic": 20, "ml-1m": 0, "gowalla": 6}, None, Path("r"), []
+    )
+    by = {(s.dataset, s.experiment): s.trials for s in searches}
+    assert by == {
+        (d, e): n for d, n in (("synthetic", 20), ("gowalla", 6)) for e in ("fedmf", "fedshare", "lightgcn_central")
+    }
+
+
+def test_a_bad_budget_is_refused_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "runs"
+    args = ["--datasets", "synthetic", "--runs-root", str(root), "--tune-trials", "20,ml-1m=5"]
+    assert results_cli.main(args) == 2
+    assert "--tune-trials takes N" in capsys.readouterr().err and not root.exists()
+    assert results_cli.main(["--datasets", "synthetic", "--valid-ratio", "1.5", "--runs-root", str(root)]) == 2
+    assert "--valid-ratio" in capsys.readouterr().err and not root.exists()
+
+
+def test_datasets_without_a_validation_file_get_one_carved_from_train() -> None:
+    """Every protocol run selects on validation: given train/test files and no validation file
+    (Gowalla), the runs and searches carve one; others keep their own split (Last.fm's config
+    carves its own)."""
+    assert results.data_args("gowalla", "/d", 0.1) == ["data=gowalla", "data.root=/d", "data.split.valid_ratio=0.1"]
+    assert results.data_args("gowalla", None, 0.0) == ["data=gowalla"]
+    assert results.data_args("lastfm", "/d", 0.1) == ["data=lastfm", "data.root=/d"]
+    assert results.data_args("ml-1m", "/d", 0.1) == ["data=ml-1m", "data.root=/d"]
+    assert results.data_args("synthetic", "/d", 0.1) == ["data=synthetic"]
+    runs = results.plan(["gowalla"], [0], results.METHODS[:2], "/d", Path("r"), [])
+    assert all("data.split.valid_ratio=0.1" in r.overrides for r in runs)
+
+
+def test_the_gain_carries_a_paired_t_test_over_seeds() -> None:
+    from scipy.stats import ttest_rel
+
+    def entry(values: dict[int, float]) -> dict:
+        return {"runs": {str(s): {"metrics": {"test/recall@20": v}} for s, v in values.items()}}
+
+    new, old = entry({0: 0.36, 1: 0.35, 2: 0.33, 3: 0.5}), entry({0: 0.35, 1: 0.36, 2: 0.33})
+    test = results.paired_t(new, old, "test/recall@20")
+    ref = ttest_rel([0.36, 0.35, 0.33], [0.35, 0.36, 0.33])
+    assert test["seeds"] == ["0", "1", "2"] and test["df"] == 2  # seed 3 has no pair
+    assert test["t"] == pytest.approx(ref.statistic) and test["p"] == pytest.approx(ref.pvalue)
+    assert results.paired_t(entry({0: 0.3}), old, "test/recall@20") is None
+
+    rows = {
+        "FedShare": {**entry({0: 0.30, 1: 0.32, 2: 0.31}), "summary": {}},
+        "FedMF": {**entry({0: 0.20, 1: 0.21, 2: 0.205}), "summary": {}},
+    }
+    for label in rows:
+        values = [r["metrics"]["test/recall@20"] for r in rows[label]["runs"].values()]
+        rows[label]["summary"]["test/recall@20"] = results.summarize(values)
+    line = results.gain_line(rows)
+    assert "Paired over seeds 0, 1, 2" in line and "**significant** (p < 0.05)" in line
+    rows["FedShare"] = {**entry({0: 0.21, 1: 0.20, 2: 0.206}), "summary": {}}
+    rows["FedShare"]["summary"]["test/recall@20"] = results.summarize([0.21, 0.20, 0.206])
+    assert "**within noise**" in results.gain_line(rows)
