@@ -35,12 +35,11 @@ METHODS: list[tuple[str, list[str]]] = [
     ("FedShare w/o alignment", ["experiment=fedshare", "model.lambda_cl=0"]),
     ("FedShare w/o graph", ["experiment=fedshare", "model.use_graph=false"]),
     ("FedShare w/o fusion", ["experiment=fedshare", "model.beta=0"]),
+    # up to 400 epochs, stopped early on validation (eval.patience in its experiment)
     ("LightGCN (centralized)", ["experiment=lightgcn_central"]),
-    # 400 epochs of ML-1M take over an hour on 2 CPU cores; this row is what a CPU campaign affords
-    ("LightGCN (centralized; 100 epochs)", ["experiment=lightgcn_central", "fed.rounds=100"]),
 ]
 # the search (`python -m fedshare.tune`) whose best keys a method's runs take with --tune-trials;
-# the ablations run at FedShare's tuned config, both LightGCN rows at the one LightGCN search
+# the ablations run at FedShare's tuned config
 TUNED_BY: dict[str, str] = {
     "FedMF": "fedmf",
     "FedShare": "fedshare",
@@ -48,7 +47,6 @@ TUNED_BY: dict[str, str] = {
     "FedShare w/o graph": "fedshare",
     "FedShare w/o fusion": "fedshare",
     "LightGCN (centralized)": "lightgcn_central",
-    "LightGCN (centralized; 100 epochs)": "lightgcn_central",
 }
 DATASETS = ["ml-100k", "ml-1m"]
 SEEDS = [0, 1, 2]
