@@ -39,6 +39,9 @@ from fedshare.flower.strategy import FedShareStrategy, check_reply, setup_conten
 
 log = logging.getLogger("fedshare.flower")
 
+# the server's state at the end: the last round's, and the selected round's (eval.monitor); the
+# launcher joins each with the nodes' rows into last.ckpt and best.ckpt
+LAST_SERVER, BEST_SERVER = "server.ckpt", "server-best.ckpt"
 KIND_TYPE = {
     "setup": "query",
     "train": "train",
@@ -200,7 +203,7 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
                 content["config"]["best_round"] = selection.best_round
         return contents
 
-    rounds_done = 0
+    rounds_done = trained = 0  # trained: after an early stop, one more than counted (see below)
 
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
@@ -211,7 +214,7 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
             contents = strategy.with_validation(contents, pending[1], pending[0] if selection.active else None)
         replies = run("train", contents, str(r))
         logs = strategy.aggregate_fit(replies)
-        rounds_done = r
+        rounds_done = trained = r
         if pending:
             validated(replies)
         if selection.should_stop:  # known one round later than in-process: this round is not counted
@@ -244,7 +247,7 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
         validated(run("evaluate", contents, "validate"), record="metric")
     use_best = selection.active and selection.best_round != rounds_done
     if use_best:  # the last round's state stays the checkpoint's; the test is the selected round's
-        write_server(run_dir, server_state(strategy, rounds_done), history)
+        write_server(run_dir, server_state(strategy, trained), history)
         load_server_state(strategy, best_state)
     contents = selecting(strategy.configure_evaluate("test", list(live), finish=True))
     for content in contents.values():
@@ -261,7 +264,10 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
     metrics = driver.run_metrics(test, rounds_done, history, extra)  # what the in-process run's holds
     driver.write_metrics(run_dir, metrics)
     if not use_best:
-        write_server(run_dir, server_state(strategy, rounds_done), history)
+        write_server(run_dir, server_state(strategy, trained), history)
+    if selection.active:  # the selected round's state, as in-process runs keep it in best.ckpt
+        best = best_state if use_best else server_state(strategy, rounds_done)
+        write_server(run_dir, best, history, BEST_SERVER)
     metrics.update(unlearn_on_nodes(cfg, strategy, run_dir, run, live))
     return metrics
 
@@ -331,9 +337,9 @@ def load_server_state(strategy: FedShareStrategy, state: dict[str, Any]) -> None
     strategy.optimizer.load_state_dict(state["optimizer"])
 
 
-def write_server(run_dir: Path, state: dict[str, Any], history: list) -> None:
-    """``checkpoints/server.ckpt``: ``state`` (`server_state`) with the validations so far."""
-    path = run_dir / "checkpoints" / "server.ckpt"
+def write_server(run_dir: Path, state: dict[str, Any], history: list, name: str = LAST_SERVER) -> None:
+    """``checkpoints/<name>``: ``state`` (`server_state`) with the validations so far."""
+    path = run_dir / "checkpoints" / name
     replace_file(path, lambda tmp: torch.save({**state, "history": {"val": history}}, tmp))
 
 

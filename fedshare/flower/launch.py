@@ -385,8 +385,24 @@ class FlowerLaunch:
         self.stop()
 
 
-def join_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
-    """``checkpoints/last.ckpt`` in the format ``python -m fedshare.train`` writes, from the
+# (server state, nodes' rows, joined checkpoint): the last round's, and the selected round's
+# (written where the run selects on validation; its client generators are the last round's)
+JOINS = (("server.ckpt", "clients", "last.ckpt"), ("server-best.ckpt", "clients-best", "best.ckpt"))
+
+
+def join_checkpoints(run_dir: Path, cfg: DictConfig) -> list[Path]:
+    """Every checkpoint of `JOINS` whose server state the run wrote."""
+    return [
+        join_checkpoint(run_dir, cfg, server, rows, out)
+        for server, rows, out in JOINS
+        if (run_dir / "checkpoints" / server).exists()
+    ]
+
+
+def join_checkpoint(
+    run_dir: Path, cfg: DictConfig, server_file: str = "server.ckpt", rows: str = "clients", out: str = "last.ckpt"
+) -> Path:
+    """``checkpoints/<out>`` in the format ``python -m fedshare.train`` writes, from the
     server's state and the nodes' client rows (written on their own disks, here all in
     ``flower/nodes/``). Loadable with ``FedShareModule.load_from_checkpoint``."""
     # the model's module (Lightning, DGL): the launcher loads it only to join, after the run
@@ -394,14 +410,14 @@ def join_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
 
     from fedshare.run.build import new_model
 
-    server = torch.load(run_dir / "checkpoints" / "server.ckpt", weights_only=False)
+    server = torch.load(run_dir / "checkpoints" / server_file, weights_only=False)
     hp = dict(server["hyper_parameters"])
     state = {f"server.{k}": v for k, v in server["server"].items()}
     module = new_model(cfg, hp["n_users"], hp["n_items"])
     user_emb = module.clients.user_emb.clone()
     client_gens = {}
     for k in range(int(cfg.fed.nodes)):
-        path = run_dir / "flower" / "nodes" / f"clients-{k}.safetensors"
+        path = run_dir / "flower" / "nodes" / f"{rows}-{k}.safetensors"
         if not path.exists():
             raise LaunchError(f"{path} is missing: node {k} did not finish (its rows stay unknown)")
         t = load_file(str(path))
@@ -422,7 +438,7 @@ def join_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
         "history": server["history"],
         "flower": True,
     }
-    path = run_dir / "checkpoints" / "last.ckpt"
+    path = run_dir / "checkpoints" / out
     replace_file(path, lambda tmp: torch.save(ckpt, tmp))
     return path
 
@@ -509,7 +525,7 @@ def launch(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
             ", ".join(lost),
         )
     elif not cfg.flower.superlink:  # the nodes' rows are on this machine
-        join_checkpoint(run_dir, cfg)
+        join_checkpoints(run_dir, cfg)
     log_to_wandb(cfg, run_dir, metrics)
     title = f"fedshare on {cfg.data.name}, Flower, {int(cfg.fed.nodes)} SuperNodes, {seconds:.1f} s"
     driver.report(cfg, metrics, run_dir, title=title)

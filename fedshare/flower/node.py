@@ -49,6 +49,8 @@ CONFIG = "fedshare.config"
 UNSHARED = "fedshare.unshared"
 VALIDATED = "fedshare.validated"  # the rows of the last validated round (a candidate for the best)
 BEST = "fedshare.best"  # the rows of the best validated round so far (eval.monitor)
+# the rows a node writes at the end: the last round's, and the tested round's (the selected one)
+LAST_ROWS, BEST_ROWS = "clients", "clients-best"
 
 
 class NodeConfigError(ValueError):
@@ -297,6 +299,8 @@ class Node:
         written = self.finish(out_dir)["info"] if config.get("finish") else None  # the last round's rows
         if config.get("use_best"):
             self._use_best(config)
+        if config.get("finish"):  # the tested (selected) round's rows: the launcher's best.ckpt
+            self.finish(out_dir, BEST_ROWS)
         out = RecordDict({"metric": self.ranked(split, model, views)})
         self._keep_validated(config, self.clients.user_emb[self.users])  # a validation of its own
         if "validate" in config:
@@ -336,11 +340,12 @@ class Node:
         context.state[UNSHARED] = to_record(users=users, items=items)
         return RecordDict({"info": ConfigRecord({"unshared": int(t["users"].numel())})})
 
-    def finish(self, out_dir: str | None) -> RecordDict:
-        """Writes the node's clients' rows to ``out-dir`` (the node's own disk)."""
+    def finish(self, out_dir: str | None, name: str = LAST_ROWS) -> RecordDict:
+        """Writes the node's clients' rows to ``out-dir`` (the node's own disk) as
+        ``<name>-<shard>.safetensors``."""
         written = ""
         if out_dir:
-            path = Path(out_dir) / f"clients-{self.shard}.safetensors"
+            path = Path(out_dir) / f"{name}-{self.shard}.safetensors"
             path.parent.mkdir(parents=True, exist_ok=True)
             tensors = {
                 "users": self.users.contiguous(),

@@ -243,13 +243,15 @@ def scrub(
         ckpt["server_graph"] = {k: v.cpu() for k, v in unlearned.server.graph.state().items()}
         ckpt["unlearned"] = True
         replace_file(ckpt_path, lambda tmp, ckpt=ckpt: torch.save(ckpt, tmp))
-    server_path = run_dir / "checkpoints" / "server.ckpt"  # a Flower run's server state
-    if server_path.exists():
+    for name in ("server.ckpt", "server-best.ckpt"):  # a Flower run's server state: last, selected
+        server_path = run_dir / "checkpoints" / name
+        if not server_path.exists():
+            continue
         state = torch.load(server_path, map_location="cpu", weights_only=False)
         state["server"] = {k: v.detach().cpu() for k, v in unlearned.server.state_dict().items()}
         state["server_graph"] = {k: v.cpu() for k, v in unlearned.server.graph.state().items()}
         state["unlearned"] = True
-        replace_file(server_path, lambda tmp: torch.save(state, tmp))
+        replace_file(server_path, lambda tmp, state=state: torch.save(state, tmp))
     eraser = store_dir(run_dir, "fedEraser")
     if eraser.exists():  # its server-side store holds each client's touched item rows
         history = HistoryStore(eraser)

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from fedshare.config import compose, save
 from fedshare.federated.rounds import Upload
 from fedshare.flower import apps
-from fedshare.flower.launch import compose_args
+from fedshare.flower.launch import compose_args, join_checkpoints
 from fedshare.flower.node import Node, NodeConfigError, node_data
 from fedshare.flower.payload import to_record, upload_from, upload_record
 from fedshare.flower.strategy import FedShareStrategy, ReplyError, check_reply
@@ -159,10 +159,25 @@ def test_early_stopping_selects_the_in_process_round(tiny: list[str], tmp_path: 
     more = ("fed.rounds=8", "eval.every=1", "eval.patience=1")
     expected, _ = train(_cfg(tiny, tmp_path / "inproc", *more))
     assert expected["rounds_done"] < 8 and expected["best_round"] < expected["rounds_done"]  # it stopped early
-    got = _serve(_cfg(tiny, tmp_path / "flower", *more), MemoryGrid(2))
+    grid = MemoryGrid(2)
+    for ctx in grid.contexts.values():
+        ctx.node_config["out-dir"] = str(tmp_path / "flower" / "flower" / "nodes")
+    cfg = _cfg(tiny, tmp_path / "flower", *more)
+    got = _serve(cfg, grid)
     assert got == expected
     history = json.loads((tmp_path / "flower" / "history.json").read_text())
     assert history == json.loads((tmp_path / "inproc" / "history.json").read_text())
+    # the selected round is saved as in-process: best.ckpt (server state + the nodes' rows of that round)
+    joined = join_checkpoints(tmp_path / "flower", cfg)
+    assert [p.name for p in joined] == ["last.ckpt", "best.ckpt"]
+    ours = torch.load(tmp_path / "flower" / "checkpoints" / "best.ckpt", weights_only=False)
+    ref = torch.load(tmp_path / "inproc" / "checkpoints" / "best.ckpt", weights_only=False)
+    assert ours["global_step"] == expected["best_round"]
+    for key, value in ref["state_dict"].items():
+        assert torch.allclose(ours["state_dict"][key], value, atol=1e-6), key
+    # the stop is known after the next round trained: last.ckpt is that round's, and says so
+    last = torch.load(tmp_path / "flower" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == expected["rounds_done"] + 1
 
 
 def test_nodes_draw_their_own_streams(tiny: list[str], tmp_path: Path) -> None:
