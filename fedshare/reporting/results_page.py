@@ -686,6 +686,7 @@ def render(
         f"over FedMF comes with a paired t-test over seeds (two-sided; significant below p = {ALPHA}).",
     ]
     metric_r, metric_n = f"test/recall@{K}", f"test/ndcg@{K}"
+    lines += ["", *overview_lines(collected)]
     for dataset, rows in collected.items():
         lines += [
             "",
@@ -728,6 +729,35 @@ def render(
         if GAIN[0] in rows or GAIN[1] in rows:
             lines += ["", gain_line(rows)]
     return "\n".join(lines) + "\n"
+
+
+def overview_lines(collected: dict[str, Any]) -> list[str]:
+    """One line per dataset: FedShare and FedMF, the gain, and whether it is beyond the noise."""
+    new, old = GAIN
+    key = f"test/recall@{K}"
+    lines = [
+        "## Overview",
+        "",
+        f"Test Recall@{K}, mean ± std over seeds; the paired t-test is over the seeds both finished.",
+        "",
+        f"| dataset | {old} | {new} | gain | paired t-test |",
+        "|---|---|---|---|---|",
+    ]
+    for dataset, rows in collected.items():
+        a, b = (rows.get(m, {}).get("summary", {}).get(key) for m in (new, old))
+        cells = [fmt_mean_std(b), fmt_mean_std(a)]
+        if a and b and a["n"] and b["n"] and b["mean"]:
+            cells.append(f"{(a['mean'] - b['mean']) / b['mean']:+.2%}")
+        else:
+            cells.append("n/a")
+        test = paired_t(rows[new], rows[old], key) if new in rows and old in rows else None
+        if test is None:
+            cells.append("n/a (fewer than 2 paired seeds)")
+        else:
+            verdict = "significant" if test["p"] < ALPHA else "within noise"
+            cells.append(f"t = {test['t']:.2f}, p = {test['p']:.3f} ({len(test['seeds'])} seeds): {verdict}")
+        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def tuning_lines(dataset: str, rows: list[dict[str, Any]]) -> list[str]:

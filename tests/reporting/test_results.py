@@ -103,6 +103,10 @@ def test_page_from_finished_runs(finished: Path, tmp_path: Path) -> None:
     assert _table(page, "## ml-1m")["FedShare"][0] == "0.1500 ± 0.0000"
 
     assert "sample standard deviation (ddof=1)" in page
+    overview = _table(page, "## Overview")
+    assert overview["ml-100k"][:3] == ["0.2000 ± 0.1000", "0.3000 ± 0.0707", "+50.00%"]
+    assert overview["ml-100k"][3].endswith("p = 0.000 (2 seeds): significant")  # +0.15 on both seeds
+    assert overview["ml-1m"][2] == "-25.00%" and overview["ml-1m"][3].endswith("p = 0.000 (3 seeds): significant")
     assert (
         f"python -m fedshare.results --datasets ml-100k,ml-1m --seeds 0,1,2 --data-root /data/datasets "
         f"--runs-root {finished} --out {out}" in page
