@@ -37,6 +37,7 @@ OVERLAY_FILE = "overlay"  # overlay=PATH: a YAML file of keys (a tuned config), 
 # (data.* and sharing.* are checked by their own modules, in validate().)
 ACCEPTED: dict[str, tuple[Any, ...]] = {
     "model.name": ("fedmf", "fedshare", "lightgcn", "popularity"),
+    "model.negatives": ("users", "centroids"),
     "logger.name": ("wandb", "none"),
     "logger.mode": ("offline", "online", "disabled"),
 }
@@ -215,6 +216,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.fed.rounds < 0:
         raise ConfigError(f"'fed.rounds' must be >= 0, got {cfg.fed.rounds}")
     _check_selection(cfg.eval)
+    group = OmegaConf.select(cfg, "model.negatives_group", default=None)
+    if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 2):
+        raise ConfigError(f"'model.negatives_group' must be an integer >= 2 (users per centroid), got {group!r}")
     # the data, sharing and unlearning packages own their rules; ask them now, before any work
     try:
         check_data(cfg.data)

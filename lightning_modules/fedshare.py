@@ -52,6 +52,8 @@ class FedShareModule(FedMFModule):
         q_align_lr: float,
         align_items: int,
         cl_negatives: int,
+        negatives: str,
+        negatives_group: int,
         share_weighted: bool,
         lambda_item: float | None,
         align_graph: bool,
@@ -110,6 +112,8 @@ class FedShareModule(FedMFModule):
             q_align_lr=q_align_lr,
             align_items=align_items,
             cl_negatives=cl_negatives,
+            negatives=negatives,
+            negatives_group=negatives_group,
             align_graph=align_graph,
         )
 

@@ -376,6 +376,7 @@ def client_query(msg: Message, context: Context) -> Message:
 @client_app.train()
 def client_train(msg: Message, context: Context) -> Message:
     node = Node.from_context(context)
+    node.check(msg.content)  # what a device may receive (check_delivery)
     reply = node.train(msg.content)
     node.save(context)
     return Message(reply, reply_to=msg)
@@ -385,6 +386,7 @@ def client_train(msg: Message, context: Context) -> Message:
 def client_evaluate(msg: Message, context: Context) -> Message:
     node = Node.from_context(context)
     out = context.node_config.get("out-dir")
+    node.check(msg.content)
     reply = node.evaluate(msg.content, str(out) if out else None)
     node.save(context)  # the rows kept for model selection (and, after the test, the selected ones)
     return Message(reply, reply_to=msg)

@@ -53,6 +53,41 @@ BEST = "fedshare.best"  # the rows of the best validated round so far (eval.moni
 LAST_ROWS, BEST_ROWS = "clients", "clients-best"
 
 
+# the id-bearing tensors a node may receive (record -> keys): every id must be one of its own users
+DELIVERY_IDS = {
+    "views": ("view_users", "pool_users"),
+    "val_views": ("view_users", "pool_users"),
+    "model": ("cohort",),
+    "judge": ("revoking",),
+}
+
+
+class DeliveryError(RuntimeError):
+    """The server sent a node another user's id or view (what a device may receive: its own
+    data's results and what every device receives, the item table and the item views)."""
+
+
+def check_delivery(content: RecordDict, shard: int, nodes: int, pool_ids: bool = False) -> None:
+    """The mirror of `fedshare.flower.strategy.check_reply` on the device side: no id of
+    another shard's user, and no per-user negatives (``pool_users``) unless ``pool_ids``
+    (``model.negatives=users``, which sends other users' views and ids by design: issue 14)."""
+    for name, keys in DELIVERY_IDS.items():
+        if name not in content:
+            continue
+        t = from_record(content[name])
+        for key in keys:
+            if key not in t or t[key].numel() == 0:
+                continue
+            ids = t[key].long()
+            if key == "pool_users" and not pool_ids:
+                raise DeliveryError(
+                    f"shard {shard} received {ids.numel()} other users' ids and views as negatives "
+                    f"({name}.{key}); with model.negatives=centroids it receives none"
+                )
+            if key != "pool_users" and bool((shard_of(ids, nodes) != shard).any()):
+                raise DeliveryError(f"shard {shard} received ids of another shard's users in {name}.{key}")
+
+
 class NodeConfigError(ValueError):
     """A SuperNode's node config does not fit the run."""
 
@@ -229,6 +264,9 @@ class Node:
                 "shares": self._shares(1),
             }
         )
+
+    def check(self, content: RecordDict) -> None:
+        check_delivery(content, self.shard, self.nodes, pool_ids=self.cfg.model.get("negatives") == "users")
 
     def train(self, content: RecordDict) -> RecordDict:
         """The node's cohort clients' local epochs; with ``validate`` in the config, first the

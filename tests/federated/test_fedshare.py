@@ -181,6 +181,8 @@ def _server(**kw):
         align_items=64,
         cl_negatives=4,
         align_graph=model_kwargs("fedshare")["align_graph"],
+        negatives=model_kwargs("fedshare")["negatives"],
+        negatives_group=model_kwargs("fedshare")["negatives_group"],
     )
     args.update(kw)
     server = GraphServer(6, 10, 4, torch_generator(0, "init"), 0.1, 1.0, 1.0, 0, **args)
@@ -240,7 +242,7 @@ def test_the_hand_written_server_step_is_autograds(layers: int, align_graph: boo
         s = GraphServer(
             30, 40, 8, torch_generator(0, "init"), 0.1, 1.0, 1.0, 0, layers=layers, use_graph=True,
             steps=4, batch_size=64, reg=0.1, lambda_cl=0.5, tau=0.2, q_align_lr=2.0, align_items=12,
-            cl_negatives=4, align_graph=align_graph,
+            cl_negatives=4, align_graph=align_graph, negatives="users", negatives_group=2,
         )
         g = torch.Generator().manual_seed(1)
         keys = torch.unique(torch.randint(0, 30 * 40, (300,), generator=g))
