@@ -688,6 +688,9 @@ def render(
     metric_r, metric_n = f"test/recall@{K}", f"test/ndcg@{K}"
     lines += ["", *overview_lines(collected)]
     for dataset, rows in collected.items():
+        if not any(entry["runs"] for entry in rows.values()):
+            lines += ["", *not_run_lines(dataset, rows, (searches or {}).get(dataset, []))]
+            continue
         lines += [
             "",
             f"## {dataset}",
@@ -731,6 +734,27 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+def not_run_lines(dataset: str, rows: dict[str, Any], searches: list[dict[str, Any]]) -> list[str]:
+    """A dataset of the campaign with no finished run yet: what it will run, no empty tables."""
+    budget = {row["budget"] for row in searches}
+    started = [
+        f"`{row['experiment']}` {row['trials'].get('complete', 0) + row['trials'].get('pruned', 0)} of {row['budget']}"
+        for row in searches
+        if row["trials"]
+    ]
+    lines = [
+        f"## {dataset}",
+        "",
+        f"**Not run yet**: no run of its {len(rows)} rows has finished. The command at the top trains them"
+        + (f" after its searches ({budget.pop()} trials for every searched method)" if len(budget) == 1 else "")
+        + (f"; searches begun: {', '.join(started)} trials" if started else "")
+        + ". Its rows' commands:",
+        "",
+    ]
+    lines += [f"- {label}: `{_cell(entry['command'])}`" for label, entry in rows.items()]
+    return lines
+
+
 def overview_lines(collected: dict[str, Any]) -> list[str]:
     """One line per dataset: FedShare and FedMF, the gain, and whether it is beyond the noise."""
     new, old = GAIN
@@ -744,6 +768,9 @@ def overview_lines(collected: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for dataset, rows in collected.items():
+        if not any(entry["runs"] for entry in rows.values()):
+            lines.append(f"| {dataset} | not run yet | | | |")
+            continue
         a, b = (rows.get(m, {}).get("summary", {}).get(key) for m in (new, old))
         cells = [fmt_mean_std(b), fmt_mean_std(a)]
         if a and b and a["n"] and b["n"] and b["mean"]:

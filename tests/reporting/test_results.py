@@ -103,6 +103,7 @@ def test_page_from_finished_runs(finished: Path, tmp_path: Path) -> None:
     assert _table(page, "## ml-1m")["FedShare"][0] == "0.1500 ± 0.0000"
 
     assert "sample standard deviation (ddof=1)" in page
+    assert "## gowalla" not in page  # not asked for
     overview = _table(page, "## Overview")
     assert overview["ml-100k"][:3] == ["0.2000 ± 0.1000", "0.3000 ± 0.0707", "+50.00%"]
     assert overview["ml-100k"][3].endswith("p = 0.000 (2 seeds): significant")  # +0.15 on both seeds
@@ -384,3 +385,16 @@ def test_the_gain_carries_a_paired_t_test_over_seeds() -> None:
     rows["FedShare"] = {**entry({0: 0.21, 1: 0.20, 2: 0.206}), "summary": {}}
     rows["FedShare"]["summary"]["test/recall@20"] = results.summarize([0.21, 0.20, 0.206])
     assert "**within noise**" in results.gain_line(rows)
+
+
+def test_a_dataset_with_no_finished_run_says_so_without_empty_tables(finished: Path, tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    args = ["--datasets", "ml-100k,gowalla", "--runs-root", str(finished), "--out", str(out), "--collect-only"]
+    assert results_cli.main([*args, "--tune-trials", "20,gowalla=6"]) == 0
+    page = out.read_text()
+    section = page[page.index("## gowalla") :]
+    assert "**Not run yet**" in section and "6 trials for every searched method" in section
+    assert "|" not in section  # no table of dashes
+    assert "- FedMF: `python -m fedshare.train experiment=fedmf data=gowalla data.split.valid_ratio=0.1" in section
+    assert _table(page, "## Overview")["gowalla"][0] == "not run yet"
+    assert "## ml-100k" in page and "### ml-100k: Recall@20 by sharing group" in page
