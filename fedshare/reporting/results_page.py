@@ -734,6 +734,9 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+UNRUN_OVERLAY = re.compile(r"overlay=\S*/tune/([^/\s]+)/best\.yaml")
+
+
 def not_run_lines(dataset: str, rows: dict[str, Any], searches: list[dict[str, Any]]) -> list[str]:
     """A dataset of the campaign with no finished run yet: what it will run, no empty tables."""
     budget = {row["budget"] for row in searches}
@@ -751,7 +754,10 @@ def not_run_lines(dataset: str, rows: dict[str, Any], searches: list[dict[str, A
         + ". Its rows' commands:",
         "",
     ]
-    lines += [f"- {label}: `{_cell(entry['command'])}`" for label, entry in rows.items()]
+    # a search that has not ended has no best.yaml yet: its overlay is named, not linked
+    for label, entry in rows.items():
+        command = UNRUN_OVERLAY.sub(r"overlay=<best.yaml of search \1>", entry["command"])
+        lines.append(f"- {label}: `{_cell(command)}`")
     return lines
 
 

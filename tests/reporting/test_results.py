@@ -282,7 +282,9 @@ def test_a_real_failed_run_shows_its_log(tmp_path: Path, capsys: pytest.CaptureF
     assert "[1/1] ml-100k popularity seed 0 ... FAILED (exit 2 after" in captured.out
     assert "data error" in captured.out and "u.data" in captured.out  # the tail of the run's log
     assert "FAILED: 1 of 1 runs" in captured.err
-    assert _table(out.read_text(), "## ml-100k")["popularity"][2] == "n=0 of 1 (missing seed 0)"
+    page = out.read_text()
+    assert "**Not run yet**: no run of its 1 rows has finished" in page
+    assert "- popularity: `python -m fedshare.train experiment=popularity data=ml-100k" in page
 
 
 def test_tuned_campaign_searches_each_method_with_the_same_budget(
@@ -396,5 +398,6 @@ def test_a_dataset_with_no_finished_run_says_so_without_empty_tables(finished: P
     assert "**Not run yet**" in section and "6 trials for every searched method" in section
     assert "|" not in section  # no table of dashes
     assert "- FedMF: `python -m fedshare.train experiment=fedmf data=gowalla data.split.valid_ratio=0.1" in section
+    assert "overlay=<best.yaml of search gowalla-fedmf>`" in section  # no link to a file not there yet
     assert _table(page, "## Overview")["gowalla"][0] == "not run yet"
     assert "## ml-100k" in page and "### ml-100k: Recall@20 by sharing group" in page
