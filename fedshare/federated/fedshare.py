@@ -240,11 +240,6 @@ class GraphServer(FedAvgServer):
         self.steps, self.batch_size, self.reg = steps, batch_size, reg
         self.lambda_cl, self.tau, self.q_align_lr = lambda_cl, tau, q_align_lr
         self.align_items, self.cl_negatives = align_items, cl_negatives
-        if negatives not in ("users", "centroids") or int(negatives_group) < 2:
-            raise ValueError(
-                f"model.negatives must be users or centroids and model.negatives_group >= 2, got "
-                f"{negatives!r} and {negatives_group!r}"
-            )
         self.negatives, self.negatives_group = negatives, int(negatives_group)
         table_init = torch_generator(seed, "graph-init")  # its own stream: FedMF's draws stay the same
         self.user0 = nn.Parameter(torch.randn(n_users, dim, generator=table_init) * init_std)
@@ -316,12 +311,11 @@ class GraphServer(FedAvgServer):
         random partition every round), and no ids: no device learns any single user's view."""
         g = self.negatives_group
         n_pool = min(self.cl_negatives, sharing.numel() // g) if pool else 0
-        order = torch.randperm(sharing.numel(), generator=self.pool_gen)[: n_pool * g] if n_pool else None
-        none = sharing[:0]
-        if order is None:
-            return self.user_view[:0], none
+        if n_pool == 0:
+            return self.user_view[:0], sharing[:0]
+        order = torch.randperm(sharing.numel(), generator=self.pool_gen)[: n_pool * g]
         members = sharing.index_select(0, order.to(sharing.device))
-        return self.user_view.index_select(0, members).view(n_pool, g, -1).mean(1), none
+        return self.user_view.index_select(0, members).view(n_pool, g, -1).mean(1), sharing[:0]
 
     def configure_round(self) -> tuple[Tensor, Tensor, ViewMessage | None]:  # type: ignore[override]
         cohort, item_table = super().configure_round()

@@ -263,11 +263,11 @@ def serve(grid: Any, cfg: Any, run_dir: Path) -> dict[str, float]:
     extra = {**lost_at, **selection.metrics(rounds_done)}
     metrics = driver.run_metrics(test, rounds_done, history, extra)  # what the in-process run's holds
     driver.write_metrics(run_dir, metrics)
-    if not use_best:
-        write_server(run_dir, server_state(strategy, trained), history)
+    if not use_best:  # the last round is the selected one: one state, both files
+        best_state = server_state(strategy, trained)
+        write_server(run_dir, best_state, history)
     if selection.active:  # the selected round's state, as in-process runs keep it in best.ckpt
-        best = best_state if use_best else server_state(strategy, rounds_done)
-        write_server(run_dir, best, history, BEST_SERVER)
+        write_server(run_dir, best_state, history, BEST_SERVER)
     metrics.update(unlearn_on_nodes(cfg, strategy, run_dir, run, live))
     return metrics
 

@@ -15,22 +15,24 @@ from fedshare.eval.metrics import RankingMetrics
 
 
 @torch.no_grad()
-def ranking(module, users: Tensor, batch_users: int) -> dict[str, float]:
-    """Test metrics of ``users`` (full ranking, masked as the test stage masks), overall only."""
+def _ranked(module, users: Tensor, batch_users: int, target: str, history: tuple[str, ...]) -> dict[str, float]:
     metric = RankingMetrics(module.ks, module.group_names)
     for chunk in users.split(batch_users):
-        module._evaluate(chunk, "test", ("train", "valid"), metric)
-    return {k: float(v) for k, v in metric.compute().items() if "/share=" not in k}
+        module._evaluate(chunk, target, history, metric)
+    return {k: float(v) for k, v in metric.compute().items()}
 
 
-@torch.no_grad()
+def ranking(module, users: Tensor, batch_users: int) -> dict[str, float]:
+    """Test metrics of ``users`` (full ranking, masked as the test stage masks), overall only."""
+    out = _ranked(module, users, batch_users, "test", ("train", "valid"))
+    return {k: v for k, v in out.items() if "/share=" not in k}
+
+
 def validation(module, n_users: int, batch_users: int) -> dict[str, float]:
     """The learning phase's validation of ``module``: every user's validation items ranked with
     their train items masked, as ``validation_step`` does; ``val/...`` keys, sharing groups included."""
-    metric = RankingMetrics(module.ks, module.group_names)
-    for chunk in torch.arange(n_users).split(batch_users):
-        module._evaluate(chunk, "valid", ("train",), metric)
-    return {f"val/{k}": float(v) for k, v in metric.compute().items()}
+    out = _ranked(module, torch.arange(n_users), batch_users, "valid", ("train",))
+    return {f"val/{k}": v for k, v in out.items()}
 
 
 @torch.no_grad()
