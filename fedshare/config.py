@@ -58,7 +58,8 @@ def available(group: str, root: Path | None = None) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
-def _load_yaml(path: Path) -> DictConfig:
+def load_yaml(path: Path) -> DictConfig:
+    """One YAML file as a mapping; a parse error names the file and line."""
     try:
         cfg = OmegaConf.load(path)
     except Exception as err:  # yaml errors carry line numbers; keep them
@@ -90,7 +91,8 @@ def _split_override(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """The value of a command-line ``key=value`` as YAML reads it (``5`` int, ``[1,2]`` list); else the text."""
     try:
         return yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
@@ -148,7 +150,9 @@ def _check_type(key: str, old: Any, new: Any, origin: str) -> Any:
     return new
 
 
-def _set(cfg: DictConfig, key: str, value: Any, origin: str) -> None:
+def set_key(cfg: DictConfig, key: str, value: Any, origin: str) -> None:
+    """Set an existing dotted ``key``, keeping its type; an unknown key or a wrong type raises
+    ``ConfigError`` naming ``origin`` and what is accepted."""
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
     if not isinstance(parent, DictConfig) or leaf not in parent:
@@ -192,7 +196,7 @@ def _merge_overlay(cfg: DictConfig, overlay: DictConfig, origin: str) -> None:
                 plain = (
                     OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
                 )
-                _set(cfg, full, plain, origin)
+                set_key(cfg, full, plain, origin)
 
     walk(overlay, "")
 
@@ -252,7 +256,7 @@ def compose_saved(path: Path) -> DictConfig:
     """A run's saved ``config.yaml``, validated and read-only (as ``compose`` returns it)."""
     if not Path(path).is_file():
         raise ConfigError(f"{path} is missing: not a run folder?")
-    cfg = _load_yaml(Path(path))
+    cfg = load_yaml(Path(path))
     validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
@@ -264,7 +268,7 @@ def compose(overrides: Sequence[str] = (), root: Path | None = None) -> DictConf
     base_path = root / "config.yaml"
     if not base_path.is_file():
         raise ConfigError(f"no base config at {base_path} (set FEDSHARE_CONFIG_DIR to the configs folder)")
-    cfg = _load_yaml(base_path)
+    cfg = load_yaml(base_path)
     choices = _pop_defaults(cfg, str(base_path))
     for group in GROUPS + OVERLAYS:
         choices.setdefault(group, None)
@@ -280,7 +284,7 @@ def compose(overrides: Sequence[str] = (), root: Path | None = None) -> DictConf
             name = raw.strip()
             cli_choices[key] = None if name in ("", "null", "none") and key in OVERLAYS else name
         else:
-            values.append((key, _parse_value(raw), f"override '{text}'"))
+            values.append((key, parse_value(raw), f"override '{text}'"))
 
     # overlays first: they can change group choices, which the command line still overrides
     overlays: list[tuple[DictConfig, str]] = []
@@ -291,7 +295,7 @@ def compose(overrides: Sequence[str] = (), root: Path | None = None) -> DictConf
             continue
         origin = f"{overlay}={name}"
         path = _group_file(overlay, name, root, origin)
-        body = _load_yaml(path)
+        body = load_yaml(path)
         picked = _pop_defaults(body, str(path))
         if set(picked) & set(OVERLAYS):
             raise ConfigError(f"{path}: an overlay cannot pick another overlay")
@@ -306,7 +310,7 @@ def compose(overrides: Sequence[str] = (), root: Path | None = None) -> DictConf
         path = _group_file(group, str(name), root, f"{group}={name}")
         if group in cfg:
             raise ConfigError(f"{base_path}: key '{group}' clashes with the config group of that name")
-        cfg[group] = _load_yaml(path)
+        cfg[group] = load_yaml(path)
 
     OmegaConf.set_struct(cfg, True)
     for body, origin in overlays:
@@ -314,12 +318,12 @@ def compose(overrides: Sequence[str] = (), root: Path | None = None) -> DictConf
     for path in files:  # overlay=FILE (a tuned config, say): after the overlays, before key=value
         if not path.is_file():
             raise ConfigError(f"overlay={path}: no such file (a YAML mapping of config keys, as `fedshare.tune` writes)")
-        body = _load_yaml(path)
+        body = load_yaml(path)
         if "defaults" in body:
             raise ConfigError(f"{path}: an overlay file sets keys only; pick groups on the command line")
         _merge_overlay(cfg, body, f"overlay={path}")
     for key, value, origin in values:
-        _set(cfg, key, value, origin)
+        set_key(cfg, key, value, origin)
     with _unlocked(cfg):
         cfg["choices"] = {k: choices[k] for k in GROUPS + OVERLAYS}
     validate(cfg)

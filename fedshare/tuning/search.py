@@ -36,7 +36,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fedshare.atomic import write_json, write_text
-from fedshare.config import ConfigError, _load_yaml, _parse_value, _set, compose
+from fedshare.config import ConfigError, compose, load_yaml, parse_value, set_key
 from fedshare.run.faults import trial_faults
 
 log = logging.getLogger("fedshare")
@@ -177,7 +177,7 @@ def _open_study(
     )
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         log.info("trial %d was running when the search stopped: marked failed, it runs again", trial.number)
-        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # public ask-and-tell API
         folder = out / "trials" / f"trial-{trial.number:04d}"
         if folder.exists():
             folder.rename(folder.with_name(folder.name + "-incomplete"))
@@ -318,13 +318,13 @@ def tune_config(model: str, overrides: Sequence[str], root: Path) -> DictConfig:
     if not path.is_file():
         accepted = sorted(p.stem for p in (root / "tune").glob("*.yaml"))
         raise ConfigError(f"no search space for model {model!r} ({path}); spaces exist for: {', '.join(accepted)}")
-    cfg = _load_yaml(path)
+    cfg = load_yaml(path)
     OmegaConf.set_struct(cfg, True)
     for text in overrides:
         key, raw = text.split("=", 1)
         if key.startswith("space."):
             with open_dict(cfg):
-                OmegaConf.update(cfg, key, _parse_value(raw), merge=True)
+                OmegaConf.update(cfg, key, parse_value(raw), merge=True)
         else:
-            _set(cfg, key, _parse_value(raw), f"override '{text}'")
+            set_key(cfg, key, parse_value(raw), f"override '{text}'")
     return cfg
