@@ -37,7 +37,6 @@ OVERLAY_FILE = "overlay"  # overlay=PATH: a YAML file of keys (a tuned config), 
 # (data.* and sharing.* are checked by their own modules, in validate().)
 ACCEPTED: dict[str, tuple[Any, ...]] = {
     "model.name": ("fedmf", "fedshare", "lightgcn", "popularity"),
-    "model.negatives": ("users", "centroids"),
     "logger.name": ("wandb", "none"),
     "logger.mode": ("offline", "online", "disabled"),
 }

@@ -52,7 +52,6 @@ class FedShareModule(FedMFModule):
         q_align_lr: float,
         align_items: int,
         cl_negatives: int,
-        negatives: str,
         negatives_group: int,
         share_weighted: bool,
         lambda_item: float | None,
@@ -112,7 +111,6 @@ class FedShareModule(FedMFModule):
             q_align_lr=q_align_lr,
             align_items=align_items,
             cl_negatives=cl_negatives,
-            negatives=negatives,
             negatives_group=negatives_group,
             align_graph=align_graph,
         )

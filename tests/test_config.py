@@ -65,7 +65,7 @@ def test_debug_fdr_is_cpu_fast_dev_run_without_logger() -> None:
         (["sharing=fixed", "sharing.a=2"], ["sharing.a", "ratio"]),
         (["rounds"], ["key=value"]),
         (["fed.cohort_fraction=0"], ["fed.cohort_fraction"]),
-        (["model.negatives=items"], ["model.negatives=items", "users", "centroids"]),
+        (["model.negatives=users"], ["model.negatives", "unknown key"]),
         (["model.negatives_group=1"], ["model.negatives_group", ">= 2"]),
         (["data.kcore=-1"], ["data.kcore"]),
         (["data=ml-100k", "data.split.ratios=[0.5,0.1,0.1]"], ["ratios"]),

@@ -39,15 +39,14 @@ class ViewMessage:
 
     ``users`` (sorted global ids) are the cohort clients that share, ``user_views`` their views
     ``z_u`` (row k is user ``users[k]``'s); ``pool`` holds the negatives of the alignment:
-    other sharing users' views with their ids in ``pool_users`` (a client drops its own view;
-    ``model.negatives=users``), or means of many users' views with no ids (``centroids``);
+    centroids, each the mean of ``model.negatives_group`` random sharing users' views, with no
+    ids (no device ever receives another user's id or view: DESIGN.md section 2);
     ``item_views`` are the graph's item views ``z_i`` (for fused ranking).
     """
 
     users: Tensor
     user_views: Tensor
     pool: Tensor
-    pool_users: Tensor
     item_views: Tensor
 
     @property
@@ -143,12 +142,7 @@ class FedShareClients(FedMFClients):
             rows = rows.index_select(0, sel)
             with torch.enable_grad():
                 anchor = p.index_select(0, sel).detach().requires_grad_(True)
-                own = (  # a pool of users' views drops the anchor's own; centroids carry no ids
-                    views.users.index_select(0, rows).unsqueeze(1) == views.pool_users.unsqueeze(0)
-                    if views.pool_users.numel()
-                    else None
-                )
-                loss = info_nce(anchor, views.user_views.index_select(0, rows), views.pool, self.tau, own)
+                loss = info_nce(anchor, views.user_views.index_select(0, rows), views.pool, self.tau)
                 (grad,) = torch.autograd.grad(loss.sum(), anchor)
             losses.append(loss.detach().mean())
             w = self.weight.index_select(0, views.users.index_select(0, rows)).unsqueeze(1)
@@ -231,7 +225,6 @@ class GraphServer(FedAvgServer):
         align_items: int,
         cl_negatives: int,
         align_graph: bool,
-        negatives: str,
         negatives_group: int,
     ) -> None:
         super().__init__(n_users, n_items, dim, init, init_std, server_lr, cohort_fraction, seed)
@@ -240,7 +233,7 @@ class GraphServer(FedAvgServer):
         self.steps, self.batch_size, self.reg = steps, batch_size, reg
         self.lambda_cl, self.tau, self.q_align_lr = lambda_cl, tau, q_align_lr
         self.align_items, self.cl_negatives = align_items, cl_negatives
-        self.negatives, self.negatives_group = negatives, int(negatives_group)
+        self.negatives_group = int(negatives_group)
         table_init = torch_generator(seed, "graph-init")  # its own stream: FedMF's draws stay the same
         self.user0 = nn.Parameter(torch.randn(n_users, dim, generator=table_init) * init_std)
         self.item0 = nn.Parameter(torch.randn(n_items, dim, generator=table_init) * init_std)
@@ -297,25 +290,18 @@ class GraphServer(FedAvgServer):
             users = sharing
         else:  # the cohort's sharing users, sorted: one lookup per cohort user, not per sharing user
             users = torch.sort(cohort[self._is_sharing[cohort]]).values
-        if self.negatives == "centroids":
-            negatives, pool_users = self._centroids(sharing, pool)
-        else:
-            n_pool = min(self.cl_negatives, sharing.numel()) if pool else 0
-            pick = torch.randint(sharing.numel(), (n_pool,), generator=self.pool_gen)
-            pool_users = sharing.index_select(0, pick.to(sharing.device))
-            negatives = self.user_view.index_select(0, pool_users)
-        return ViewMessage(users, self.user_view.index_select(0, users), negatives, pool_users, self.item_view)
+        return ViewMessage(users, self.user_view.index_select(0, users), self._centroids(sharing, pool), self.item_view)
 
-    def _centroids(self, sharing: Tensor, pool: bool) -> tuple[Tensor, Tensor]:
+    def _centroids(self, sharing: Tensor, pool: bool) -> Tensor:
         """``cl_negatives`` means of ``negatives_group`` distinct sharing users each (a fresh
         random partition every round), and no ids: no device learns any single user's view."""
         g = self.negatives_group
         n_pool = min(self.cl_negatives, sharing.numel() // g) if pool else 0
         if n_pool == 0:
-            return self.user_view[:0], sharing[:0]
+            return self.user_view[:0]
         order = torch.randperm(sharing.numel(), generator=self.pool_gen)[: n_pool * g]
         members = sharing.index_select(0, order.to(sharing.device))
-        return self.user_view.index_select(0, members).view(n_pool, g, -1).mean(1), sharing[:0]
+        return self.user_view.index_select(0, members).view(n_pool, g, -1).mean(1)
 
     def configure_round(self) -> tuple[Tensor, Tensor, ViewMessage | None]:  # type: ignore[override]
         cohort, item_table = super().configure_round()

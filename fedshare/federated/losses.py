@@ -38,20 +38,16 @@ def bpr_grads(
     return grad_p, grad_pos, grad_neg, loss
 
 
-def info_nce(
-    anchor: Tensor, positive: Tensor, negatives: Tensor, tau: float, self_mask: Tensor | None = None
-):
+def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor, tau: float) -> Tensor:
     """``-log( e^{s+/tau} / (e^{s+/tau} + sum_j e^{s_j/tau}) )`` per anchor, cosine similarities.
 
     ``anchor``, ``positive``: ``[n, d]`` (row k's positive is ``positive[k]``); ``negatives``:
-    ``[m, d]``, a pool shared by every anchor; ``self_mask`` (``[n, m]`` bool, optional) drops
-    pool entries that are the anchor's own positive. Returns the loss per anchor ``[n]``.
+    ``[m, d]``, a pool shared by every anchor (the server's centroids). Returns the loss per
+    anchor ``[n]``.
     """
     a = F.normalize(anchor, dim=-1)
     pos = torch.linalg.vecdot(a, F.normalize(positive, dim=-1)) / tau
     neg = a @ F.normalize(negatives, dim=-1).T / tau
-    if self_mask is not None:
-        neg = neg.masked_fill(self_mask, float("-inf"))
     return torch.logsumexp(torch.cat([pos.unsqueeze(1), neg], dim=1), dim=1) - pos
 
 

@@ -55,11 +55,13 @@ LAST_ROWS, BEST_ROWS = "clients", "clients-best"
 
 # the id-bearing tensors a node may receive (record -> keys): every id must be one of its own users
 DELIVERY_IDS = {
-    "views": ("view_users", "pool_users"),
-    "val_views": ("view_users", "pool_users"),
+    "views": ("view_users",),
+    "val_views": ("view_users",),
     "model": ("cohort",),
     "judge": ("revoking",),
 }
+# what a views record may hold: its users' ids and views, the centroid negatives, the item views
+VIEW_KEYS = frozenset({"view_users", "user_views", "pool", "item_views"})
 
 
 class DeliveryError(RuntimeError):
@@ -67,24 +69,31 @@ class DeliveryError(RuntimeError):
     data's results and what every device receives, the item table and the item views)."""
 
 
-def check_delivery(content: RecordDict, shard: int, nodes: int, pool_ids: bool = False) -> None:
+def check_delivery(content: RecordDict, shard: int, nodes: int) -> None:
     """The mirror of `fedshare.flower.strategy.check_reply` on the device side: no id of
-    another shard's user, and no per-user negatives (``pool_users``) unless ``pool_ids``
-    (``model.negatives=users``, which sends other users' views and ids by design: issue 14)."""
+    another shard's user, no views record with anything but its users' views, the centroid
+    negatives (means with no id) and the item views, and exactly one view per own user."""
+    for name in ("views", "val_views"):
+        if name not in content:
+            continue
+        t = from_record(content[name])
+        extra = sorted(set(t) - VIEW_KEYS)
+        if extra:
+            raise DeliveryError(
+                f"shard {shard} received {name} with {', '.join(extra)}; a device receives only "
+                f"{', '.join(sorted(VIEW_KEYS))} (no other user's id or view)"
+            )
+        if "view_users" in t and t["user_views"].shape[0] != t["view_users"].numel():
+            raise DeliveryError(
+                f"shard {shard} received {t['user_views'].shape[0]} user views in {name} for "
+                f"{t['view_users'].numel()} of its users: a view without its own user's id"
+            )
     for name, keys in DELIVERY_IDS.items():
         if name not in content:
             continue
         t = from_record(content[name])
         for key in keys:
-            if key not in t or t[key].numel() == 0:
-                continue
-            ids = t[key].long()
-            if key == "pool_users" and not pool_ids:
-                raise DeliveryError(
-                    f"shard {shard} received {ids.numel()} other users' ids and views as negatives "
-                    f"({name}.{key}); with model.negatives=centroids it receives none"
-                )
-            if key != "pool_users" and bool((shard_of(ids, nodes) != shard).any()):
+            if key in t and t[key].numel() and bool((shard_of(t[key].long(), nodes) != shard).any()):
                 raise DeliveryError(f"shard {shard} received ids of another shard's users in {name}.{key}")
 
 
@@ -266,7 +275,7 @@ class Node:
         )
 
     def check(self, content: RecordDict) -> None:
-        check_delivery(content, self.shard, self.nodes, pool_ids=self.cfg.model.get("negatives") == "users")
+        check_delivery(content, self.shard, self.nodes)
 
     def train(self, content: RecordDict) -> RecordDict:
         """The node's cohort clients' local epochs; with ``validate`` in the config, first the

@@ -50,7 +50,6 @@ def views_record(views: ViewMessage) -> ArrayRecord:
         view_users=views.users,
         user_views=views.user_views,
         pool=views.pool,
-        pool_users=views.pool_users,
         item_views=views.item_views,
     )
 
@@ -58,7 +57,7 @@ def views_record(views: ViewMessage) -> ArrayRecord:
 def views_from(t: dict[str, Tensor]) -> ViewMessage | None:
     if "view_users" not in t:
         return None
-    return ViewMessage(t["view_users"], t["user_views"], t["pool"], t["pool_users"], t["item_views"])
+    return ViewMessage(t["view_users"], t["user_views"], t["pool"], t["item_views"])
 
 
 def slice_views(views: ViewMessage | None, keep: Tensor, pool: bool = True) -> ViewMessage | None:
@@ -71,6 +70,5 @@ def slice_views(views: ViewMessage | None, keep: Tensor, pool: bool = True) -> V
         views.users[keep],
         views.user_views[keep],
         views.pool if pool else empty_pool,
-        views.pool_users if pool else views.pool_users[:0],
         views.item_views,
     )

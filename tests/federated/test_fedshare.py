@@ -48,8 +48,7 @@ def test_alignment_round_matches_per_client_reference(epochs: int) -> None:
     views = ViewMessage(
         sharing,
         torch.randn(5, dim, generator=gen),
-        torch.randn(4, dim, generator=gen),
-        torch.tensor([2, 3, 7, 9]),  # the pool holds two of the cohort's own views: masked
+        torch.randn(4, dim, generator=gen),  # the pool: centroids, no ids
         torch.randn(n_items, dim, generator=gen),
     )
     data = cohort_data(cohort, indptr, items)
@@ -77,7 +76,7 @@ def test_fused_scores_only_for_users_with_views() -> None:
     q = torch.randn(5, 3)
     z_items = torch.randn(5, 3)
     views = ViewMessage(
-        torch.tensor([1, 3]), torch.randn(2, 3), torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), z_items
+        torch.tensor([1, 3]), torch.randn(2, 3), torch.zeros(0, 3), z_items
     )
     users = torch.tensor([0, 1, 2, 3])
     base = clients.user_emb[users] @ q.T
@@ -181,7 +180,6 @@ def _server(**kw):
         align_items=64,
         cl_negatives=4,
         align_graph=model_kwargs("fedshare")["align_graph"],
-        negatives=model_kwargs("fedshare")["negatives"],
         negatives_group=model_kwargs("fedshare")["negatives_group"],
     )
     args.update(kw)
@@ -242,7 +240,7 @@ def test_the_hand_written_server_step_is_autograds(layers: int, align_graph: boo
         s = GraphServer(
             30, 40, 8, torch_generator(0, "init"), 0.1, 1.0, 1.0, 0, layers=layers, use_graph=True,
             steps=4, batch_size=64, reg=0.1, lambda_cl=0.5, tau=0.2, q_align_lr=2.0, align_items=12,
-            cl_negatives=4, align_graph=align_graph, negatives="users", negatives_group=2,
+            cl_negatives=4, align_graph=align_graph, negatives_group=2,
         )
         g = torch.Generator().manual_seed(1)
         keys = torch.unique(torch.randint(0, 30 * 40, (300,), generator=g))
