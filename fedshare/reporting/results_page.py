@@ -65,6 +65,7 @@ SEPARATE_RECORDS = {
 GROUP_TABLE = ["FedMF", "FedShare"]  # rows of the per-sharing-group table
 GAIN = ("FedShare", "FedMF")  # relative gain of the first over the second in mean Recall@K
 TAIL_LINES = 15  # lines of a failed run's log shown on the console
+NOTE = "NOTE.md"  # a search's own note, shown under its dataset's tuning table
 DEFAULTS = {
     "data_root": None,  # the dataset config's own default: data.root, else $FEDSHARE_DATA, else the cache
     "runs_root": "runs/results",
@@ -271,9 +272,19 @@ def search_rows(searches: list[Search]) -> dict[str, list[dict[str, Any]]]:
                 "best_value": report.get("best_value"),
                 "best_params": report.get("best_params", {}),
                 "folder": str(search.folder),
+                "note": _note(search.folder),
             }
         )
     return out
+
+
+def _note(folder: Path) -> str | None:
+    """A search's own ``NOTE.md`` (committed beside its study), as one paragraph: what a reader
+    must know of how the search ran that its records do not say (e.g. code changed since)."""
+    path = folder / NOTE
+    if not path.is_file():
+        return None
+    return " ".join(path.read_text().split()) or None
 
 
 @dataclass
@@ -816,6 +827,11 @@ def tuning_lines(dataset: str, rows: list[dict[str, Any]]) -> list[str]:
             f"| `{row['experiment']}` | {row['budget']} | {trials.get('complete', 0)} / "
             f"{trials.get('pruned', 0)} | {best} | {_cell(keys) or '—'} |"
         )
+    notes = [row for row in rows if row.get("note")]
+    if notes:
+        lines.append("")
+    for row in notes:
+        lines.append(f"Note on the `{row['experiment']}` search (`{row['folder']}/{NOTE}`): {row['note']}")
     return lines
 
 

@@ -401,3 +401,19 @@ def test_a_dataset_with_no_finished_run_says_so_without_empty_tables(finished: P
     assert "overlay=<best.yaml of search gowalla-fedmf>`" in section  # no link to a file not there yet
     assert _table(page, "## Overview")["gowalla"][0] == "not run yet"
     assert "## ml-100k" in page and "### ml-100k: Recall@20 by sharing group" in page
+
+
+def test_a_search_note_is_shown_under_its_tuning_table(tmp_path: Path) -> None:
+    """A search's own NOTE.md (what its records cannot say, e.g. code that changed since it ran)
+    reaches the page, under its dataset's tuning table; a search without one shows none."""
+    from fedshare.reporting.results_page import NOTE, Search, search_rows, tuning_lines
+
+    noted, plain = tmp_path / "tune" / "x-fedshare", tmp_path / "tune" / "x-fedmf"
+    noted.mkdir(parents=True)
+    plain.mkdir(parents=True)
+    (noted / NOTE).write_text("Ran with the old\nnegatives.\n")
+    searches = [Search("x", "fedmf", [], 2, plain), Search("x", "fedshare", [], 2, noted)]
+    rows = search_rows(searches)["x"]
+    lines = tuning_lines("x", rows)
+    assert lines[-1] == f"Note on the `fedshare` search (`{noted}/{NOTE}`): Ran with the old negatives."
+    assert sum("Note on the" in line for line in lines) == 1
