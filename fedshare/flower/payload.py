@@ -65,10 +65,9 @@ def slice_views(views: ViewMessage | None, keep: Tensor, pool: bool = True) -> V
     over ``views.users``), the round's pool of negatives, the item views."""
     if views is None:
         return None
-    empty_pool = views.pool[:0]
     return ViewMessage(
         views.users[keep],
         views.user_views[keep],
-        views.pool if pool else empty_pool,
+        views.pool if pool else views.pool[:0],
         views.item_views,
     )
