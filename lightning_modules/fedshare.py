@@ -43,6 +43,9 @@ class FedShareModule(FedMFModule):
         lambda_cl: float,
         tau: float,
         beta: float,
+        beta_select: bool,
+        beta_grid: list[float],
+        beta_holdout: float,
         use_graph: bool,
         layers: int,
         server_steps: int,
@@ -91,6 +94,9 @@ class FedShareModule(FedMFModule):
             lambda_cl=lambda_cl,
             tau=tau,
             share_weighted=share_weighted,
+            beta_select=beta_select,
+            beta_grid=beta_grid,
+            beta_holdout=beta_holdout,
         )
         self.server = GraphServer(
             n_users,

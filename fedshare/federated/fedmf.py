@@ -57,6 +57,7 @@ class FedMFClients(nn.Module):
     ) -> None:
         super().__init__()
         self.local_epochs, self.batch_size, self.lr, self.reg = local_epochs, batch_size, lr, reg
+        self.seed = int(seed)
         self.register_buffer("user_emb", torch.randn(n_users, dim, generator=init) * init_std)
         self.register_buffer("train_indptr", torch.zeros(n_users + 1, dtype=torch.long), persistent=False)
         self.register_buffer("train_items", torch.zeros(0, dtype=torch.long), persistent=False)

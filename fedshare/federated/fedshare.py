@@ -3,7 +3,9 @@
 - `FedShareClients`: FedMF clients, plus what sharing changes on the device: each client knows
   its shared part ``S_u`` and the round it starts sharing (it uploads ``S_u`` then), and a
   sharing client aligns its private row ``p_u`` with its global view ``z_u`` (InfoNCE) after
-  every local epoch. Ranking fuses both: ``p_u.q_i + beta * z_u.z_i``.
+  every local epoch. Ranking fuses both: ``p_u.q_i + beta * z_u.z_i``; with ``beta_select``
+  each sharing device picks its own ``beta_u`` on a held-out slice of its local data
+  (`holdout_slice`), never on the validation or test split.
 - `GraphServer`: FedAvg's item table ``Q``, plus the shared graph (shared edges only, with the
   round each entered), LightGCN layer-0 tables and the graph step: BPR on the shared edges and
   InfoNCE aligning the graph's item views with ``Q`` (both sides move).
@@ -54,12 +56,54 @@ class ViewMessage:
         return int(self.users.numel())
 
 
+def holdout_slice(train: UserCSR, shared: UserCSR, fraction: float, seed: int) -> np.ndarray:
+    """Which entries of ``train`` (``D_u``) each sharing device keeps back to choose its own
+    ``beta_u``: ``round(fraction * |L_u|)`` of its local (unshared) items ``L_u``, at most
+    ``|L_u| - 1``; none for a user who shares nothing (no view, no ``beta_u``). Shared items
+    are never held out: the graph was fit to them, so they would favour the view.
+
+    The pick of each pair is a hash of ``(seed, user, item)``, not a stream of draws: a Flower
+    node holding only its own users' rows holds out exactly what the in-process run does.
+    Returns a bool mask over ``train``'s entries."""
+    n_users, n_items = train.n_users, train.n_items
+    users = train.users
+    keys = users * n_items + train.items
+    shared_keys = shared.users * n_items + shared.items
+    local = ~np.isin(keys, shared_keys)
+    n_local = np.bincount(users[local], minlength=n_users)
+    n_hold = np.minimum(np.floor(fraction * n_local + 0.5).astype(np.int64), n_local - 1)
+    n_hold = np.where(shared.degrees > 0, np.maximum(n_hold, 0), 0)
+    # splitmix64 of the pair's key: a fixed pseudo-random order of each user's local items
+    h = keys.astype(np.uint64) + np.uint64((int(seed) * 0x9E3779B97F4A7C15) % (1 << 64))
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    h = h ^ (h >> np.uint64(31))
+    order = np.lexsort((h, ~local, users))  # by user, local items first, then by hash
+    rank = np.arange(users.size) - train.indptr[users[order]]
+    held = np.zeros(users.size, bool)
+    held[order] = rank < n_hold[users[order]]
+    return held
+
+
 class FedShareClients(FedMFClients):
     def __init__(
-        self, *args: Any, lambda_cl: float, tau: float, share_weighted: bool, **kwargs: Any
+        self,
+        *args: Any,
+        lambda_cl: float,
+        tau: float,
+        share_weighted: bool,
+        beta_select: bool,
+        beta_grid: list[float],
+        beta_holdout: float,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.lambda_cl, self.tau, self.share_weighted = lambda_cl, tau, share_weighted
+        if beta_select and not 0 < beta_holdout < 1:
+            raise ValueError(f"model.beta_holdout must be in (0, 1) with model.beta_select, got {beta_holdout}")
+        if beta_select and not beta_grid:
+            raise ValueError("model.beta_grid must list at least one beta with model.beta_select")
+        self.beta_select, self.beta_grid, self.beta_holdout = bool(beta_select), list(beta_grid), beta_holdout
         n_users = self.user_emb.shape[0]
         self.register_buffer("shared_indptr", torch.zeros(n_users + 1, dtype=torch.long), persistent=False)
         self.register_buffer("shared_items", torch.zeros(0, dtype=torch.long), persistent=False)
@@ -67,8 +111,19 @@ class FedShareClients(FedMFClients):
         self.register_buffer(
             "weight", torch.ones(n_users), persistent=False
         )  # lambda_u / lambda, beta_u / beta
+        # beta_select: the held-out slice H_u of each device (`holdout_slice`), out of its training
+        self.register_buffer("hold_indptr", torch.zeros(n_users + 1, dtype=torch.long), persistent=False)
+        self.register_buffer("hold_items", torch.zeros(0, dtype=torch.long), persistent=False)
 
     def attach_data(self, train: UserCSR, shared: UserCSR | None = None, share_start=None) -> None:
+        degrees = train.degrees
+        if shared is not None and self.beta_select:
+            held = holdout_slice(train, shared, self.beta_holdout, self.seed)
+            hold = train.select(held)
+            device = self.user_emb.device
+            self.hold_indptr = torch.from_numpy(np.ascontiguousarray(hold.indptr)).to(device)
+            self.hold_items = torch.from_numpy(np.ascontiguousarray(hold.items)).to(device)
+            train = train.select(~held)
         super().attach_data(train)
         if shared is not None:
             device = self.user_emb.device
@@ -77,7 +132,8 @@ class FedShareClients(FedMFClients):
             self.share_start = torch.as_tensor(np.asarray(share_start), dtype=torch.long).to(device)
             if self.share_weighted:  # each user weighs the global view by its own sharing ratio |S_u|/|D_u|
                 n_shared = self.shared_indptr.diff().to(self.weight.dtype)
-                self.weight = n_shared / self.train_indptr.diff().clamp_min(1).to(self.weight.dtype)
+                d_u = torch.from_numpy(np.asarray(degrees)).to(device=self.weight.device, dtype=self.weight.dtype)
+                self.weight = n_shared / d_u.clamp_min(1)
 
     def unshare(self, users: Tensor, items: Tensor) -> None:
         """The client stops sharing these pairs: they stay in ``D_u`` as local-only data."""
@@ -154,17 +210,49 @@ class FedShareClients(FedMFClients):
         """``p_u.q_i``, plus ``beta_u * z_u.z_i`` for users holding a view (sharing users).
 
         ``beta_u = beta``, or ``beta * |S_u|/|D_u|`` with ``share_weighted`` (likewise the
-        alignment's ``lambda_u``): a user who shares little has a thin global view."""
+        alignment's ``lambda_u``): a user who shares little has a thin global view. With
+        ``beta_select`` a device holding a held-out slice uses its own pick (`_select_beta`)."""
         rows = self.user_emb.index_select(0, users)
-        if views is None or beta == 0 or views.n_sharing == 0:
+        if views is None or (beta == 0 and not self.beta_select) or views.n_sharing == 0:
             return rows @ item_table.T
         pos = torch.searchsorted(views.users, users).clamp_max(views.n_sharing - 1)
         has = views.users.index_select(0, pos) == users
+        w = self.weight.index_select(0, users)
+        beta_u = torch.full_like(w, float(beta))
+        if self.beta_select:
+            beta_u = self._select_beta(users, rows, item_table, views, pos, has, w, beta_u, float(beta))
         # One product of width 2d, [p_u, c_u z_u] . [q_i, z_i] with c_u = beta_u for a sharing
         # user and 0 otherwise: the same sum as two products, one pass over the [B, n_items] scores.
-        coef = torch.where(has, self.weight.index_select(0, users) * beta, 0.0).unsqueeze(1)
+        coef = torch.where(has, w * beta_u, 0.0).unsqueeze(1)
         z = views.user_views.index_select(0, pos) * coef
         return torch.cat([rows, z], dim=1) @ torch.cat([item_table, views.item_views], dim=1).T
+
+    def _select_beta(self, users, rows, item_table, views, pos, has, w, beta_u, beta: float) -> Tensor:
+        """Each device's ``beta_u``: the value of ``beta_grid`` under which its held-out items
+        ``H_u`` rank best (mean reciprocal rank among the items it has not trained on), ties to
+        the value nearest ``beta``. Devices without a slice or a view keep ``beta``. Everything
+        here is the device's own: its row, its view, its items and the tables all devices get."""
+        hold = cohort_data(users, self.hold_indptr, self.hold_items)
+        sel = torch.nonzero(has & (hold.degrees > 0)).squeeze(1)
+        if sel.numel() == 0:
+            return beta_u
+        mine = users.index_select(0, sel)
+        local = rows.index_select(0, sel) @ item_table.T
+        graph = views.user_views.index_select(0, pos.index_select(0, sel)) @ views.item_views.T
+        train = cohort_data(mine, self.train_indptr, self.train_items)
+        local.index_put_((train.owner, train.items), torch.tensor(float("-inf"), dtype=local.dtype))
+        held = cohort_data(mine, self.hold_indptr, self.hold_items)
+        owner, items = held.owner, held.items
+        grid = sorted(self.beta_grid, key=lambda g: abs(g - beta))  # argmax keeps the first best
+        mrr = local.new_zeros(sel.numel(), len(grid))
+        ws = w.index_select(0, sel).unsqueeze(1)
+        for k, g in enumerate(grid):
+            s = local + (ws * g) * graph
+            target = s[owner, items]
+            rank = (s.index_select(0, owner) > target.unsqueeze(1)).sum(1)
+            mrr[:, k].index_add_(0, owner, 1.0 / (1.0 + rank.to(mrr.dtype)))
+        picked = torch.tensor(grid, dtype=beta_u.dtype, device=beta_u.device)[mrr.argmax(1)]
+        return beta_u.index_copy(0, sel, picked)
 
 
 CLIENT_KEYS = (
@@ -177,6 +265,9 @@ CLIENT_KEYS = (
     "lambda_cl",
     "tau",
     "share_weighted",
+    "beta_select",
+    "beta_grid",
+    "beta_holdout",
 )
 
 
@@ -199,6 +290,9 @@ def make_clients(n_users: int, init: torch.Generator, seed: int, nodes: int, **k
         lambda_cl=k["lambda_cl"],
         tau=k["tau"],
         share_weighted=k["share_weighted"],
+        beta_select=k["beta_select"],
+        beta_grid=[float(g) for g in k["beta_grid"]],
+        beta_holdout=float(k["beta_holdout"]),
     )
 
 
