@@ -11,7 +11,8 @@
   InfoNCE aligning the graph's item views with ``Q`` (both sides move).
 
 What crosses the boundary each round: server -> clients: ``Q`` and a `ViewMessage` (views of
-the sharing cohort clients, a pool of other users' views as negatives, the item views);
+the sharing cohort clients, centroid negatives: means of many sharing users' views, with no
+id; the item views);
 clients -> server: an `Upload` (FedAvg sums), and ``S_u`` once, when a user starts sharing.
 """
 

@@ -16,14 +16,14 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fedshare.atomic import write_json
+from fedshare.atomic import write_json, write_text
 from fedshare.config import ConfigError, compose, config_dir
 from fedshare.data.sharing import GROUP_NAMES
 
@@ -48,6 +48,13 @@ TUNED_BY: dict[str, str] = {
     "FedShare w/o fusion": "fedshare",
     "LightGCN (centralized)": "lightgcn_central",
 }
+# a staged search: FedShare is FedMF plus its own knobs, so its search starts from FedMF's. It
+# trains at the best of the first half of FedMF's search on the same data (its base.yaml) and
+# searches only the knobs FedMF's does not, with the other half of the dataset's budget. Each
+# method's config is so chosen among the same number of trials: FedMF's among its budget,
+# FedShare's among half of FedMF's and as many of its own (a joint search of its 8 knobs with
+# the same budget did not reach FedMF's validation on Last.fm or Amazon Beauty, at 4 knobs).
+STAGED: dict[str, str] = {"fedshare": "fedmf"}
 DATASETS = ["ml-100k", "ml-1m"]
 SEEDS = [0, 1, 2]
 K = 20
@@ -116,12 +123,25 @@ class Search:
     dataset: str
     experiment: str
     overrides: list[str]  # the run's keys every trial trains with (experiment, data, extras)
-    trials: int
+    trials: int  # its own trials
     folder: Path
+    base: Search | None = None  # a staged search (STAGED): the search it starts from
+    base_trials: int = 0  # ... at the best of that one's first base_trials trials
+    base_knobs: list[str] = field(default_factory=list)  # that one's knobs: not searched again here
 
     @property
     def overlay(self) -> Path:
         return self.folder / "best.yaml"
+
+    @property
+    def base_overlay(self) -> Path:
+        """A staged search's fixed keys: the best of its base's first ``base_trials`` trials."""
+        return self.folder / "base.yaml"
+
+    @property
+    def budget(self) -> int:
+        """Trials among which its config is chosen: its own, plus its base's that it starts from."""
+        return self.trials + self.base_trials
 
     @property
     def log(self) -> Path:
@@ -130,11 +150,41 @@ class Search:
     @property
     def args(self) -> list[str]:
         resume = ["resume=true"] if (self.folder / "study.db").exists() else []
-        return [*self.overrides, f"trials={self.trials}", f"out={self.folder}", *RUN_FLAGS, *resume]
+        staged = []
+        if self.base is not None:
+            staged = [f"overlay={self.base_overlay}", *(f"space.{k}=null" for k in self.base_knobs)]
+        return [*self.overrides, *staged, f"trials={self.trials}", f"out={self.folder}", *RUN_FLAGS, *resume]
 
     @property
     def name(self) -> str:
+        if self.base is not None:
+            return (
+                f"{self.dataset} search {self.experiment} ({self.trials} trials, at the best of "
+                f"{self.base.experiment}'s first {self.base_trials})"
+            )
         return f"{self.dataset} search {self.experiment} ({self.trials} trials)"
+
+    def write_base(self) -> None:
+        """``base.yaml``: the best of the base search's first ``base_trials`` trials. Written once;
+        a resumed search must start from the same keys (its trials trained with them)."""
+        from fedshare.tuning.search import best_of_first, overlay  # Optuna: only a search needs it
+
+        assert self.base is not None
+        keys, number, value = best_of_first(self.base.folder, self.base_trials)
+        body = yaml.safe_dump(overlay(keys), sort_keys=False)
+        if self.base_overlay.is_file():
+            if yaml.safe_load(self.base_overlay.read_text()) != yaml.safe_load(body):
+                raise ConfigError(
+                    f"{self.base_overlay} holds other keys than the best of the first {self.base_trials} trials "
+                    f"of {self.base.folder} (trial {number}); move {self.folder} away to search again"
+                )
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        head = (
+            f"# the best of the first {self.base_trials} trials of {self.base.folder} (trial {number}, "
+            f"validation {value:.4f}): every trial of this search trains with these keys\n"
+        )
+        write_text(self.base_overlay, head + body)
 
     def done(self) -> bool:
         report = _read_json(self.folder / "report.json")
@@ -194,24 +244,45 @@ def plan_searches(
     extras: list[str],
     valid_ratio: float = DEFAULTS["valid_ratio"],
 ) -> list[Search]:
-    """The searches the methods' runs need: one per (dataset, search), ``trials[dataset]`` each
-    (the same for every method on a dataset; none where it is 0)."""
+    """The searches the methods' runs need: one per (dataset, search), each method's config chosen
+    among ``trials[dataset]`` trials (none where it is 0). A staged search (`STAGED`) comes after its
+    base (planned too, even where its method is not asked for): it runs the second half of the
+    budget at the best of the base's first half."""
+    wanted = dict.fromkeys(TUNED_BY[label] for label, _ in methods if label in TUNED_BY)
+    order = list(dict.fromkeys(e for w in wanted for e in ((STAGED[w], w) if w in STAGED else (w,))))
     searches = []
     for dataset in datasets:
-        if not trials.get(dataset):
+        budget = trials.get(dataset)
+        if not budget:
             continue
         data = data_args(dataset, data_root, valid_ratio)
-        for experiment in dict.fromkeys(TUNED_BY[label] for label, _ in methods if label in TUNED_BY):
-            searches.append(
-                Search(
-                    dataset,
-                    experiment,
-                    [f"experiment={experiment}", *data, *extras],
-                    trials[dataset],
-                    runs_root / "tune" / f"{dataset}-{experiment}",
-                )
+        planned: dict[str, Search] = {}
+        for experiment in order:
+            search = Search(
+                dataset,
+                experiment,
+                [f"experiment={experiment}", *data, *extras],
+                budget,
+                runs_root / "tune" / f"{dataset}-{experiment}",
             )
+            base = planned.get(STAGED.get(experiment, ""))
+            if base is not None and budget >= 2:
+                search.base, search.base_trials = base, budget // 2
+                search.trials = budget - budget // 2
+                search.base_knobs = list(search_knobs(base.experiment))
+            planned[experiment] = search
+            searches.append(search)
     return searches
+
+
+def search_knobs(experiment: str) -> dict[str, dict[str, Any]]:
+    """The knobs of an experiment's search space (``configs/tune/<model>.yaml``)."""
+    from omegaconf import OmegaConf
+
+    from fedshare.tuning.search import knobs, tune_config  # Optuna: only a search needs it
+
+    model = str(compose([f"experiment={experiment}"]).model.name)
+    return knobs(OmegaConf.to_container(tune_config(model, [], config_dir()).space))
 
 
 def tuned(runs: list[Run], searches: list[Search]) -> list[Run]:
@@ -238,6 +309,13 @@ def run_searches(searches: list[Search], dry_run: bool = False) -> list[str]:
             continue
         print(f"{head} ... ", end="", flush=True)
         search.folder.parent.mkdir(parents=True, exist_ok=True)
+        if search.base is not None:
+            try:
+                search.write_base()
+            except (ConfigError, RuntimeError) as err:  # the base search has not run far enough, say
+                failed.append(f"{search.name}: {err}")
+                print(f"FAILED: {err}")
+                continue
         t0 = time.perf_counter()
         with open(search.log, "a") as log:
             log.write(f"# {command}\n")
@@ -266,7 +344,11 @@ def search_rows(searches: list[Search]) -> dict[str, list[dict[str, Any]]]:
         out.setdefault(search.dataset, []).append(
             {
                 "experiment": search.experiment,
-                "budget": search.trials,
+                "budget": search.budget,
+                "own_trials": search.trials,
+                "base": search.base.experiment if search.base is not None else None,
+                "base_trials": search.base_trials,
+                "fixed_params": report.get("fixed_params", {}),
                 "trials": report.get("trials", {}),
                 "monitor": report.get("monitor"),
                 "best_value": report.get("best_value"),
@@ -752,7 +834,8 @@ def not_run_lines(dataset: str, rows: dict[str, Any], searches: list[dict[str, A
     """A dataset of the campaign with no finished run yet: what it will run, no empty tables."""
     budget = {row["budget"] for row in searches}
     started = [
-        f"`{row['experiment']}` {row['trials'].get('complete', 0) + row['trials'].get('pruned', 0)} of {row['budget']}"
+        f"`{row['experiment']}` {row['trials'].get('complete', 0) + row['trials'].get('pruned', 0)} of "
+        f"{row.get('own_trials', row['budget'])}"
         for row in searches
         if row["trials"]
     ]
@@ -804,8 +887,13 @@ def overview_lines(collected: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _keys(params: dict[str, Any]) -> str:
+    return ", ".join(f"`{k}={v:.4g}`" if isinstance(v, float) else f"`{k}={v}`" for k, v in params.items())
+
+
 def tuning_lines(dataset: str, rows: list[dict[str, Any]]) -> list[str]:
     """The equal-budget searches of a dataset: budget, trials, best validation, tuned keys."""
+    staged = [row for row in rows if row.get("base")]
     lines = [
         f"### {dataset}: tuning (the same budget for every searched method)",
         "",
@@ -813,6 +901,15 @@ def tuning_lines(dataset: str, rows: list[dict[str, Any]]) -> list[str]:
         "(Optuna TPE, median pruning on the validation curve; spaces in `configs/tune/`), and its rows "
         "above run the best trial's keys (`overlay=<search>/best.yaml`; the ablations at FedShare's). "
         "No test metric was read to choose.",
+    ]
+    for row in staged:
+        lines.append(
+            f"`{row['experiment']}`'s search is staged: its trials train at the best of the first "
+            f"{row['base_trials']} trials of `{row['base']}`'s search (`{row['folder']}/base.yaml`) and search "
+            f"only the knobs `{row['base']}`'s does not, with the other {row['own_trials']} trials; its config "
+            f"is so chosen among {row['budget']} trials, like every method's here."
+        )
+    lines += [
         "",
         "| search | budget | finished / pruned | best validation | tuned keys |",
         "|---|---|---|---|---|",
@@ -820,11 +917,14 @@ def tuning_lines(dataset: str, rows: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         trials = row["trials"]
         best = "—" if row["best_value"] is None else f"{row['monitor']} {row['best_value']:.4f}"
-        keys = ", ".join(
-            f"`{k}={v:.4g}`" if isinstance(v, float) else f"`{k}={v}`" for k, v in row["best_params"].items()
-        )
+        keys = _keys(row["best_params"])
+        budget = str(row["budget"])
+        if row.get("base"):
+            budget = f"{row['base_trials']} of `{row['base']}` + {row['own_trials']}"
+            if row.get("fixed_params"):
+                keys += f"; from `{row['base']}`: {_keys(row['fixed_params'])}"
         lines.append(
-            f"| `{row['experiment']}` | {row['budget']} | {trials.get('complete', 0)} / "
+            f"| `{row['experiment']}` | {budget} | {trials.get('complete', 0)} / "
             f"{trials.get('pruned', 0)} | {best} | {_cell(keys) or '—'} |"
         )
     notes = [row for row in rows if row.get("note")]

@@ -8,7 +8,10 @@
 - ``trials/trial-NNNN/``: each trial is a normal run folder (config, metrics, history, ...);
 - ``best.yaml``: the best trial's keys as a config overlay (``python -m fedshare.train
   overlay=OUT/best.yaml ...``), ``report.md`` and ``report.json``: the best value, the trials
-  run and pruned, each knob's importance (Optuna's PED-ANOVA).
+  run and pruned, each knob's importance (Optuna's PED-ANOVA). A search whose run takes an
+  ``overlay=FILE`` (another search's best keys, say) trains every trial with those keys; its
+  ``best.yaml`` holds them too, so it alone reproduces the best trial. ``space.KEY=null``
+  leaves a knob of the space file out of the search.
 
 A trial's value is its run's ``eval.monitor`` (the selected round's validation, `fedshare.eval.
 selection`); after every validation the trial reports the validation so far, and Optuna's
@@ -54,6 +57,8 @@ def knobs(space: Any, prefix: str = "") -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for key, value in (space or {}).items():
         full = f"{prefix}.{key}" if prefix else str(key)
+        if value is None:  # space.model.lr=null: not searched (the run's own value, or an overlay's)
+            continue
         if not isinstance(value, dict):
             raise ConfigError(f"space.{full}: expected {{low, high[, log]}} or {{choices: [...]}}, got {value!r}")
         if "choices" in value or "low" in value or "high" in value:
@@ -95,6 +100,46 @@ def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]], cfg: DictConf
         else:
             values[key] = trial.suggest_float(key, float(knob["low"]), float(knob["high"]), log=bool(knob.get("log")))
     return values
+
+
+def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"lr": 0.3}}`` -> ``{"model.lr": 0.3}`` (the inverse of `overlay`)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def fixed_keys(run_overrides: Sequence[str]) -> dict[str, Any]:
+    """The keys the run's ``overlay=FILE`` files set (in order, the last wins): what every trial
+    trains with, so that ``best.yaml`` holds them too and alone reproduces the best trial."""
+    out: dict[str, Any] = {}
+    for text in run_overrides:
+        key, _, value = text.partition("=")
+        if key == "overlay":
+            out.update(flat(OmegaConf.to_container(OmegaConf.load(value), resolve=True)))
+    return out
+
+
+def best_of_first(out: Path, n: int) -> tuple[dict[str, Any], int, float]:
+    """The best finished trial among the first ``n`` trials (finished or pruned, by number) of
+    the search in ``out``: (its keys, its number, its value). What a search that starts from
+    another search's config (`fedshare.results`' staged searches) takes as its fixed keys."""
+    db = out / "study.db"
+    if not db.is_file():
+        raise SearchError(f"{db} does not exist: run that search first")
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
+    first = sorted(study.get_trials(deepcopy=False, states=DONE), key=lambda t: t.number)[:n]
+    if len(first) < n:
+        raise SearchError(f"{out} has {len(first)} finished or pruned trials, {n} are needed: run it further first")
+    complete = [t for t in first if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+    if not complete:
+        raise SearchError(f"none of the first {n} trials of {out} finished (all pruned)")
+    best = max(complete, key=lambda t: (t.value, -t.number))  # ties: the earlier trial
+    fixed = fixed_keys(OmegaConf.to_container(OmegaConf.load(out / "search.yaml"))["run_overrides"])
+    return {**fixed, **best.params}, best.number, float(best.value)
 
 
 def overlay(values: dict[str, Any]) -> dict[str, Any]:
@@ -241,15 +286,22 @@ def search(run_overrides: Sequence[str], tcfg: DictConfig, command: str | None =
         if remaining > 0:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             study.optimize(objective, n_trials=remaining, catch=())
-        return write_report(study, out, space, str(monitor), int(tcfg.trials))
+        return write_report(study, out, space, str(monitor), int(tcfg.trials), fixed_keys(run_overrides))
     finally:
         lock.close()
 
 
 def write_report(
-    study: optuna.Study, out: Path, space: dict[str, dict[str, Any]], monitor: str, budget: int
+    study: optuna.Study,
+    out: Path,
+    space: dict[str, dict[str, Any]],
+    monitor: str,
+    budget: int,
+    fixed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``best.yaml`` (the overlay), ``report.md`` and ``report.json``."""
+    """``best.yaml`` (the overlay: the run's fixed overlay keys, then the best trial's), ``report.md``
+    and ``report.json``."""
+    fixed = {k: v for k, v in (fixed or {}).items() if k not in space}
     trials = study.get_trials(deepcopy=False)
     count = {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -264,13 +316,14 @@ def write_report(
     except Exception as err:  # too few distinct values, say
         log.warning("knob importances not computed: %s", err)
         importance = {}
-    write_text(out / "best.yaml", OmegaConf.to_yaml(OmegaConf.create(overlay(best.params))))
+    write_text(out / "best.yaml", OmegaConf.to_yaml(OmegaConf.create(overlay({**fixed, **best.params}))))
     summary = {
         "monitor": monitor,
         "best_value": best.value,
         "best_trial": best.number,
         "best_round": best.user_attrs.get("best_round"),
         "best_params": best.params,
+        "fixed_params": fixed,  # what every trial trained with from the run's overlay=FILE (not searched)
         "best_folder": best.user_attrs.get("folder"),
         "budget": budget,
         "trials": count,
@@ -286,6 +339,7 @@ def write_report(
         f"- trials: {count['complete']} finished, {count['pruned']} pruned, {count['fail']} failed",
         f"- best: trial {best.number}, {monitor} = {best.value:.4f} (round {summary['best_round']})",
         f"- overlay: `overlay={out / 'best.yaml'}`",
+        *([f"- fixed in every trial (the run's overlay): {', '.join(f'`{k}={_fmt(v)}`' for k, v in fixed.items())}"] if fixed else []),
         f"- study: `optuna-dashboard sqlite:///{out / 'study.db'}`",
         "",
         "| knob | best value | importance |",

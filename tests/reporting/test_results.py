@@ -290,24 +290,38 @@ def test_a_real_failed_run_shows_its_log(tmp_path: Path, capsys: pytest.CaptureF
 def test_tuned_campaign_searches_each_method_with_the_same_budget(
     tiny: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """--tune-trials N: one search per (dataset, method) with N trials each, then each method's
-    runs take its search's best keys; the ablation runs at FedShare's and keeps its own switch."""
+    """--tune-trials N: each method's config is chosen among N trials, then its runs take its
+    search's best keys; the ablation runs at FedShare's and keeps its own switch. FedShare's search
+    is staged: it trains at the best of FedMF's first N/2 trials and searches only its own knobs
+    with the other N/2."""
     from omegaconf import OmegaConf
+
+    from fedshare.tuning.search import best_of_first
 
     root, out = tmp_path / "runs", tmp_path / "RESULTS.md"
     args = ["--datasets", "synthetic", "--seeds", "0", "--methods", "FedMF,FedShare w/o alignment"]
-    args += ["--runs-root", str(root), "--out", str(out), "--tune-trials", "2"]
+    args += ["--runs-root", str(root), "--out", str(out), "--tune-trials", "4"]
     args += ["--", *tiny, "fed.rounds=2", "eval.every=1"]
     assert results_cli.main(args) == 0
     printed = capsys.readouterr().out
-    assert "[search 1/2] synthetic search fedmf (2 trials)" in printed
-    assert "[search 2/2] synthetic search fedshare (2 trials)" in printed
-    for experiment, method in (("fedmf", "fedmf"), ("fedshare", "fedshare-wo-alignment")):
-        search = root / "tune" / f"synthetic-{experiment}"
+    assert "[search 1/2] synthetic search fedmf (4 trials)" in printed
+    assert "[search 2/2] synthetic search fedshare (2 trials, at the best of fedmf's first 2)" in printed
+    fedmf, fedshare = root / "tune" / "synthetic-fedmf", root / "tune" / "synthetic-fedshare"
+    mf, share = (json.loads((s / "report.json").read_text()) for s in (fedmf, fedshare))
+    assert mf["trials"]["complete"] + mf["trials"]["pruned"] == 4
+    assert share["trials"]["complete"] + share["trials"]["pruned"] == 2
+    # FedShare searched none of FedMF's knobs; every trial trained at the best of FedMF's first 2
+    base, _, _ = best_of_first(fedmf, 2)
+    assert set(share["best_params"]) == {"model.lambda_cl", "model.q_align_lr", "model.beta", "model.server_graph_lr"}
+    assert share["fixed_params"] == base and set(base) == set(mf["best_params"])
+    for trial in (fedshare / "trials").iterdir():
+        cfg = OmegaConf.load(trial / "config.yaml")
+        assert all(OmegaConf.select(cfg, k) == v for k, v in base.items()), trial
+    # each row runs its search's best.yaml, which alone holds every key of the best trial
+    for search, method in ((fedmf, "fedmf"), (fedshare, "fedshare-wo-alignment")):
         report = json.loads((search / "report.json").read_text())
-        assert report["trials"]["complete"] + report["trials"]["pruned"] == 2  # the same budget
         cfg = OmegaConf.load(root / "synthetic" / method / "seed0" / "config.yaml")
-        for key, value in report["best_params"].items():
+        for key, value in {**report["fixed_params"], **report["best_params"]}.items():
             if key != "model.lambda_cl":
                 assert OmegaConf.select(cfg, key) == value, key
         record = json.loads((root / "synthetic" / method / "seed0.run.json").read_text())
@@ -315,12 +329,18 @@ def test_tuned_campaign_searches_each_method_with_the_same_budget(
     assert OmegaConf.load(root / "synthetic" / "fedshare-wo-alignment" / "seed0" / "config.yaml").model.lambda_cl == 0
     page = out.read_text()
     tuning = _table(page, "### synthetic: tuning (the same budget for every searched method)")
-    assert tuning["`fedmf`"][0] == "2" and tuning["`fedshare`"][0] == "2"
-    assert "--tune-trials 2" in page
-    # again: the searches and runs are reused
+    assert tuning["`fedmf`"][0] == "4" and tuning["`fedshare`"][0] == "2 of `fedmf` + 2"
+    assert "; from `fedmf`: `model.local_epochs=" in tuning["`fedshare`"][3]
+    assert "`fedshare`'s search is staged" in page and "--tune-trials 4" in page
+    # again: the searches and runs are reused; a base that changed under a staged search is refused
     assert results_cli.main(args) == 0
     again = capsys.readouterr().out
     assert again.count("... reused (") == 4
+    (fedshare / "report.json").unlink()  # the search is unfinished: it would resume...
+    text = (fedshare / "base.yaml").read_text()
+    (fedshare / "base.yaml").write_text(text.replace("model:", "model:\n  dim: 3", 1))  # ...from other keys
+    assert results_cli.main(args) == 1
+    assert "holds other keys than the best of the first 2 trials" in capsys.readouterr().out
 
 
 def test_a_dataset_may_have_its_own_budget_the_same_for_every_method() -> None:
@@ -334,10 +354,19 @@ def test_a_dataset_may_have_its_own_budget_the_same_for_every_method() -> None:
     searches = results.plan_searches(
         datasets, results.METHODS, {"synthetic": 20, "ml-1m": 0, "gowalla": 6}, None, Path("r"), []
     )
-    by = {(s.dataset, s.experiment): s.trials for s in searches}
+    by = {(s.dataset, s.experiment): (s.trials, s.budget) for s in searches}
     assert by == {
-        (d, e): n for d, n in (("synthetic", 20), ("gowalla", 6)) for e in ("fedmf", "fedshare", "lightgcn_central")
+        (d, e): (n // 2 if e == "fedshare" else n, n)
+        for d, n in (("synthetic", 20), ("gowalla", 6))
+        for e in ("fedmf", "fedshare", "lightgcn_central")
     }
+    staged = [s for s in searches if s.experiment == "fedshare"]
+    assert all(s.base.experiment == "fedmf" and s.base.dataset == s.dataset for s in staged)
+    assert staged[0].base_knobs == ["model.lr", "model.reg", "model.local_epochs", "model.server_lr"]
+    assert "space.model.lr=null" in staged[0].args and f"overlay={staged[0].base_overlay}" in staged[0].args
+    # FedShare alone still gets its base searched first
+    alone = results.plan_searches(["synthetic"], [m for m in results.METHODS if m[0] == "FedShare"], {"synthetic": 4}, None, Path("r"), [])
+    assert [(s.experiment, s.trials) for s in alone] == [("fedmf", 4), ("fedshare", 2)]
 
 
 def test_a_bad_budget_is_refused_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -126,3 +126,23 @@ def test_trials_log_to_one_wandb_group(tiny, tmp_path: Path) -> None:
 def test_bad_search_input_names_what_is_wrong(tiny, tmp_path: Path, capsys, args, needle) -> None:
     assert tune_mod.main([*tiny, *FAST, f"out={tmp_path / 's'}", *args]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_a_null_knob_is_not_searched_and_an_overlay_reaches_best_yaml(tiny, tmp_path: Path) -> None:
+    """``space.KEY=null`` leaves a knob out; the run's overlay=FILE keys train every trial and are
+    written into best.yaml beside the searched ones, so best.yaml alone reproduces the best trial."""
+    from fedshare.tuning.search import knobs
+
+    assert list(knobs({"model": {"lr": None, "reg": {"low": 0.1, "high": 1.0}}})) == ["model.reg"]
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text("model:\n  lr: 0.123\n  server_lr: 2.5\n")
+    out = tmp_path / "search"
+    drop = ["space.model.lr=null", "space.model.server_lr=null"]
+    assert _search(tiny, out, "trials=2", f"overlay={fixed}", *drop) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(report["best_params"]) == ["model.local_epochs", "model.reg"]
+    assert report["fixed_params"] == {"model.lr": 0.123, "model.server_lr": 2.5}
+    for trial in (out / "trials").iterdir():
+        assert OmegaConf.load(trial / "config.yaml").model.lr == 0.123
+    best = OmegaConf.load(out / "best.yaml")
+    assert best.model.lr == 0.123 and best.model.server_lr == 2.5 and "reg" in best.model
