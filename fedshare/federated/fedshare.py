@@ -220,30 +220,35 @@ class FedShareClients(FedMFClients):
         has = views.users.index_select(0, pos) == users
         w = self.weight.index_select(0, users)
         beta_u = torch.full_like(w, float(beta))
+        z = views.user_views.index_select(0, pos)
         if self.beta_select:
-            beta_u = self._select_beta(users, rows, item_table, views, pos, has, w, beta_u, float(beta))
+            # the two products once: the pick reads them, and the fused score is their sum
+            local, graph = rows @ item_table.T, z @ views.item_views.T
+            beta_u = self._select_beta(users, local, graph, has, w, beta_u, float(beta))
+            return local.add_(graph.mul_(torch.where(has, w * beta_u, 0.0).unsqueeze(1)))
         # One product of width 2d, [p_u, c_u z_u] . [q_i, z_i] with c_u = beta_u for a sharing
         # user and 0 otherwise: the same sum as two products, one pass over the [B, n_items] scores.
-        coef = torch.where(has, w * beta_u, 0.0).unsqueeze(1)
-        z = views.user_views.index_select(0, pos) * coef
+        z = z * torch.where(has, w * beta_u, 0.0).unsqueeze(1)
         return torch.cat([rows, z], dim=1) @ torch.cat([item_table, views.item_views], dim=1).T
 
-    def _select_beta(self, users, rows, item_table, views, pos, has, w, beta_u, beta: float) -> Tensor:
+    def _select_beta(self, users, local, graph, has, w, beta_u, beta: float) -> Tensor:
         """Each device's ``beta_u``: the value of ``beta_grid`` under which its held-out items
         ``H_u`` rank best (mean reciprocal rank among the items it has not trained on), ties to
         the value nearest ``beta``. Devices without a slice or a view keep ``beta``. Everything
-        here is the device's own: its row, its view, its items and the tables all devices get."""
+        here is the device's own: its scores ``p_u.q_i`` (``local``) and ``z_u.z_i`` (``graph``),
+        its items, and the tables all devices get."""
         hold = cohort_data(users, self.hold_indptr, self.hold_items)
         sel = torch.nonzero(has & (hold.degrees > 0)).squeeze(1)
         if sel.numel() == 0:
             return beta_u
-        mine = users.index_select(0, sel)
-        local = rows.index_select(0, sel) @ item_table.T
-        graph = views.user_views.index_select(0, pos.index_select(0, sel)) @ views.item_views.T
-        train = cohort_data(mine, self.train_indptr, self.train_items)
+        # the held-out entries of the selected rows, their owner renumbered within ``sel``
+        slot = torch.full((users.numel(),), -1, dtype=torch.long, device=users.device)
+        slot[sel] = torch.arange(sel.numel(), device=users.device)
+        keep = slot.index_select(0, hold.owner) >= 0
+        owner, items = slot.index_select(0, hold.owner[keep]), hold.items[keep]
+        local, graph = local.index_select(0, sel), graph.index_select(0, sel)
+        train = cohort_data(users.index_select(0, sel), self.train_indptr, self.train_items)
         local.index_put_((train.owner, train.items), torch.tensor(float("-inf"), dtype=local.dtype))
-        held = cohort_data(mine, self.hold_indptr, self.hold_items)
-        owner, items = held.owner, held.items
         grid = sorted(self.beta_grid, key=lambda g: abs(g - beta))  # argmax keeps the first best
         mrr = local.new_zeros(sel.numel(), len(grid))
         ws = w.index_select(0, sel).unsqueeze(1)

@@ -108,17 +108,10 @@ def test_each_device_picks_the_beta_under_which_its_held_out_items_rank_best() -
     torch.testing.assert_close(scores[2], base[2])  # no view: local scores
     # views that change no rank: every value ties, and the one nearest model.beta is kept
     flat = ViewMessage(torch.tensor([0, 1]), torch.zeros(2, dim), torch.zeros(0, dim), z_items)
-    picked = clients._select_beta(
-        users,
-        clients.user_emb[users],
-        q,
-        flat,
-        torch.tensor([0, 1, 1]),
-        torch.tensor([True, True, False]),
-        torch.ones(3),
-        torch.full((3,), 0.4),
-        0.4,
-    )
+    local = clients.user_emb[users] @ q.T
+    graph = flat.user_views.index_select(0, torch.tensor([0, 1, 1])) @ z_items.T
+    has = torch.tensor([True, True, False])
+    picked = clients._select_beta(users, local, graph, has, torch.ones(3), torch.full((3,), 0.4), 0.4)
     torch.testing.assert_close(
         picked, torch.tensor([0.5, 0.5, 0.4])
     )  # the grid's nearest to 0.4; user 2 keeps beta
