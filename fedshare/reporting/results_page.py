@@ -903,6 +903,7 @@ def tuning_lines(dataset: str, rows: list[dict[str, Any]]) -> list[str]:
         "No test metric was read to choose.",
     ]
     for row in staged:
+        lines.append("")
         lines.append(
             f"`{row['experiment']}`'s search is staged: its trials train at the best of the first "
             f"{row['base_trials']} trials of `{row['base']}`'s search (`{row['folder']}/base.yaml`) and search "
