@@ -796,7 +796,7 @@ def render(
             lines.append(
                 f"| {label} | {fmt_mean_std(entry['summary'].get(metric_r), n)} | "
                 f"{fmt_mean_std(entry['summary'].get(metric_n), n)} | {fmt_seeds(entry)} | "
-                f"{fmt_wall(entry['wall_s'])} | `{_cell(entry['command'])}` |"
+                f"{fmt_wall(entry['wall_s'])} | `{_cell(unrun_overlays(entry['command']))}` |"
             )
         if dataset in SEPARATE_RECORDS:
             folder, what = SEPARATE_RECORDS[dataset]
@@ -830,6 +830,15 @@ def render(
 UNRUN_OVERLAY = re.compile(r"overlay=\S*/tune/([^/\s]+)/best\.yaml")
 
 
+def unrun_overlays(command: str) -> str:
+    """A command whose search has not ended names its overlay (``<best.yaml of search X>``) rather
+    than linking a file that is not there yet."""
+    return UNRUN_OVERLAY.sub(
+        lambda m: m.group(0) if Path(m.group(0).split("=", 1)[1]).is_file() else f"overlay=<best.yaml of search {m.group(1)}>",
+        command,
+    )
+
+
 def not_run_lines(dataset: str, rows: dict[str, Any], searches: list[dict[str, Any]]) -> list[str]:
     """A dataset of the campaign with no finished run yet: what it will run, no empty tables."""
     budget = {row["budget"] for row in searches}
@@ -850,7 +859,7 @@ def not_run_lines(dataset: str, rows: dict[str, Any], searches: list[dict[str, A
     ]
     # a search that has not ended has no best.yaml yet: its overlay is named, not linked
     for label, entry in rows.items():
-        command = UNRUN_OVERLAY.sub(r"overlay=<best.yaml of search \1>", entry["command"])
+        command = unrun_overlays(entry["command"])
         lines.append(f"- {label}: `{_cell(command)}`")
     return lines
 

@@ -446,3 +446,15 @@ def test_a_search_note_is_shown_under_its_tuning_table(tmp_path: Path) -> None:
     lines = tuning_lines("x", rows)
     assert lines[-1] == f"Note on the `fedshare` search (`{noted}/{NOTE}`): Ran with the old negatives."
     assert sum("Note on the" in line for line in lines) == 1
+
+
+def test_a_row_whose_search_has_not_ended_names_its_overlay_instead_of_linking_it(tmp_path: Path) -> None:
+    done = tmp_path / "tune" / "x-fedmf" / "best.yaml"
+    done.parent.mkdir(parents=True)
+    done.write_text("model: {lr: 1.0}\n")
+    later = tmp_path / "tune" / "x-lightgcn_central" / "best.yaml"
+    command = f"python -m fedshare.train experiment=fedmf overlay={done} && x overlay={later} seed=0"
+    assert results.unrun_overlays(command) == (
+        f"python -m fedshare.train experiment=fedmf overlay={done} && x "
+        "overlay=<best.yaml of search x-lightgcn_central> seed=0"
+    )
