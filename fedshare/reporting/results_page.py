@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
 
 from fedshare.atomic import write_json, write_text
 from fedshare.config import ConfigError, compose, config_dir
@@ -277,8 +278,6 @@ def plan_searches(
 
 def search_knobs(experiment: str) -> dict[str, dict[str, Any]]:
     """The knobs of an experiment's search space (``configs/tune/<model>.yaml``)."""
-    from omegaconf import OmegaConf
-
     from fedshare.tuning.search import knobs, tune_config  # Optuna: only a search needs it
 
     model = str(compose([f"experiment={experiment}"]).model.name)

@@ -85,7 +85,7 @@ def test_same_seed_same_metrics(tiny: list[str], tmp_path: Path) -> None:
 def test_fedmf_learns_more_than_popularity(tmp_path: Path) -> None:
     """On the synthetic default (communities), a trained FedMF must beat ranking by popularity."""
     common = ["logger=none", "trainer.enable_progress_bar=false", "eval.every=1000"]
-    fedmf, _ = train_mod.train(compose([*common, "fed.rounds=25", f"paths.output_dir={tmp_path / 'f'}"]))
+    fedmf, _ = train_mod.train(compose([*common, "experiment=fedmf", "fed.rounds=25", f"paths.output_dir={tmp_path / 'f'}"]))
     pop, _ = train_mod.train(
         compose([*common, "experiment=popularity", f"paths.output_dir={tmp_path / 'p'}"])
     )
