@@ -251,6 +251,7 @@ def plan_searches(
     budget at the best of the base's first half."""
     wanted = dict.fromkeys(TUNED_BY[label] for label, _ in methods if label in TUNED_BY)
     order = list(dict.fromkeys(e for w in wanted for e in ((STAGED[w], w) if w in STAGED else (w,))))
+    base_knobs = {STAGED[e]: list(search_knobs(STAGED[e])) for e in order if e in STAGED}  # once, not per dataset
     searches = []
     for dataset in datasets:
         budget = trials.get(dataset)
@@ -270,7 +271,7 @@ def plan_searches(
             if base is not None and budget >= 2:
                 search.base, search.base_trials = base, budget // 2
                 search.trials = budget - budget // 2
-                search.base_knobs = list(search_knobs(base.experiment))
+                search.base_knobs = base_knobs[base.experiment]
             planned[experiment] = search
             searches.append(search)
     return searches
@@ -826,14 +827,14 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-UNRUN_OVERLAY = re.compile(r"overlay=\S*/tune/([^/\s]+)/best\.yaml")
+UNRUN_OVERLAY = re.compile(r"overlay=(\S*/tune/([^/\s]+)/best\.yaml)")
 
 
 def unrun_overlays(command: str) -> str:
     """A command whose search has not ended names its overlay (``<best.yaml of search X>``) rather
     than linking a file that is not there yet."""
     return UNRUN_OVERLAY.sub(
-        lambda m: m.group(0) if Path(m.group(0).split("=", 1)[1]).is_file() else f"overlay=<best.yaml of search {m.group(1)}>",
+        lambda m: m.group(0) if Path(m.group(1)).is_file() else f"overlay=<best.yaml of search {m.group(2)}>",
         command,
     )
 
