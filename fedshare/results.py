@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None, methods: list[tuple[str, list[str]]] | N
         opts.valid_ratio,
     )
 
-    problems = preflight(runs, validate=not opts.collect_only)
+    problems = preflight(runs, validate=not opts.collect_only, searches=searches)
     if problems:
         print("\n".join(problems) + "\nnothing was run or written", file=sys.stderr)
         return 2

@@ -187,12 +187,59 @@ class Search:
         )
         write_text(self.base_overlay, head + body)
 
+    @property
+    def run_overrides(self) -> list[str]:
+        """What ``python -m fedshare.tune`` stores as this search's run keys (``search.yaml``)."""
+        staged = [f"overlay={self.base_overlay}"] if self.base is not None else []
+        return [*self.overrides, *staged, *RUN_FLAGS]
+
+    def check_folder(self) -> None:
+        """Refuses a folder that holds another search (say one left from an earlier protocol at the
+        same path): its trials did not train with this search's keys, so neither its best keys nor
+        its budget count here."""
+        spec = self.folder / "search.yaml"
+        stored = (yaml.safe_load(spec.read_text()) or {}) if spec.is_file() else {}
+        found = stored.get("run_overrides")
+        if found is None or [_same_path(a) for a in found] != [_same_path(a) for a in self.run_overrides]:
+            raise ConfigError(
+                f"{self.folder} holds another search: its search.yaml trains with {found}, this "
+                f"campaign's with {self.run_overrides}; move {self.folder} away to search again"
+            )
+        if self.base is not None:
+            space = stored.get("space") or {}
+            searched = [k for k in self.base_knobs if _lookup(space, k) is not None]
+            why = f"it searches {', '.join(searched)} again" if searched else None
+            if not self.base_overlay.is_file():
+                why = f"{self.base_overlay} is missing"
+            if why:
+                raise ConfigError(
+                    f"{self.folder} is not a search at the best of {self.base.folder}'s first "
+                    f"{self.base_trials} trials: {why}; move {self.folder} away to search again"
+                )
+
     def done(self) -> bool:
         report = _read_json(self.folder / "report.json")
         if not report or not self.overlay.is_file():
             return False
+        self.check_folder()
         trials = report.get("trials", {})
         return trials.get("complete", 0) + trials.get("pruned", 0) >= self.trials
+
+
+def _same_path(arg: str) -> str:
+    """A run key with its path keys (``overlay=``, ``data.root=``) resolved, so that two spellings
+    of one folder compare equal."""
+    key, eq, value = arg.partition("=")
+    if eq and key in ("overlay", "data.root"):
+        return f"{key}={Path(value).resolve()}"
+    return arg
+
+
+def _lookup(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def parse_budget(text: str, datasets: list[str]) -> dict[str, int]:
@@ -524,9 +571,16 @@ def execute(run: Run) -> Outcome:
     return Outcome(run, "trained", f"{wall:.1f} s")
 
 
-def preflight(runs: list[Run], validate: bool = True) -> list[str]:
-    """What must stop the campaign before it starts: a config error, a finished run of another command."""
+def preflight(runs: list[Run], validate: bool = True, searches: list[Search] = ()) -> list[str]:
+    """What must stop the campaign before it starts: a config error, a finished run of another
+    command, a search folder that holds another search."""
     problems = []
+    for search in searches:
+        if (search.folder / "search.yaml").is_file():
+            try:
+                search.check_folder()
+            except ConfigError as err:
+                problems.append(f"{search.name}: {err}")
     if validate:  # a typo must not cost one failed run per command
         seen = set()
         for run in runs:

@@ -458,3 +458,50 @@ def test_a_row_whose_search_has_not_ended_names_its_overlay_instead_of_linking_i
         f"python -m fedshare.train experiment=fedmf overlay={done} && x "
         "overlay=<best.yaml of search x-lightgcn_central> seed=0"
     )
+
+
+def test_a_search_folder_of_another_protocol_is_refused_not_reused(tmp_path: Path, capsys) -> None:
+    """A finished search at a planned path counts only if it is that search: the same run keys
+    (a staged one: at its base.yaml) and, staged, none of its base's knobs searched again. A joint
+    search left at the staged search's path stops the campaign before anything runs."""
+    import yaml
+
+    root = tmp_path / "runs"
+    methods = [m for m in results.METHODS if m[0] in ("FedMF", "FedShare")]
+    mf, share = results.plan_searches(["synthetic"], methods, {"synthetic": 4}, None, root, [])
+
+    def finish(search: results.Search, run_overrides: list[str], space: dict) -> None:
+        search.folder.mkdir(parents=True, exist_ok=True)
+        (search.folder / "search.yaml").write_text(yaml.safe_dump({"run_overrides": run_overrides, "space": space}))
+        (search.folder / "report.json").write_text(json.dumps({"trials": {"complete": search.trials}}))
+        (search.folder / "best.yaml").write_text("model:\n  lr: 0.1\n")
+
+    finish(mf, mf.run_overrides, {"model": {"lr": {"low": 0.01, "high": 1.0}}})
+    staged_space = {"model": {**{k.split(".")[1]: None for k in share.base_knobs}, "beta": {"low": 0, "high": 1}}}
+    finish(share, share.run_overrides, staged_space)
+    (share.folder / "base.yaml").write_text("model:\n  lr: 0.1\n")
+    assert mf.done() and share.done()
+    # the same folder spelled another way is the same search
+    respelled = [a.replace(str(root), str(tmp_path / "." / "runs")) for a in share.run_overrides]
+    finish(share, respelled, staged_space)
+    assert share.done()
+    # a staged search whose folder searched FedMF's knobs again (the joint protocol) is refused
+    finish(share, share.run_overrides, {"model": {"lr": {"low": 0.01, "high": 1.0}}})
+    with pytest.raises(results.ConfigError, match="it searches model.lr again"):
+        share.done()
+    # ... and one without its base overlay among the run keys, before anything runs
+    joint = [a for a in share.run_overrides if not a.startswith("overlay=")]
+    finish(share, joint, staged_space)
+    with pytest.raises(results.ConfigError, match="holds another search"):
+        share.done()
+    args = ["--datasets", "synthetic", "--seeds", "0", "--methods", "FedShare"]
+    args += ["--runs-root", str(root), "--out", str(tmp_path / "R.md"), "--tune-trials", "4", "--collect-only"]
+    assert results_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "synthetic search fedshare" in err and "holds another search" in err and "nothing was run" in err
+    assert not (tmp_path / "R.md").exists()
+    # a staged folder that lost its base.yaml is refused too
+    finish(share, share.run_overrides, staged_space)
+    (share.folder / "base.yaml").unlink()
+    with pytest.raises(results.ConfigError, match="base.yaml is missing"):
+        share.done()
