@@ -21,6 +21,8 @@ Where things live (a folder per concept; each package's ``__init__`` says what i
     reporting/    tables (the end-of-run printout), unlearning_page (table, plots, checks,
                   docs/UNLEARNING.md), results_page (docs/RESULTS.md), records (run records
                   a page names must be tracked)
+    tuning/       search (python -m fedshare.tune: Optuna on validation, pruning, best.yaml),
+                  campaign (the results campaign's equal-budget searches, FedShare's staged)
     flower/       the same rounds on Flower: strategy, node, payload, apps, launch
     benchmarks/   suite: the benchmarks of python -m fedshare.bench (rounds, evaluation,
                   propagation, Flower)
@@ -29,7 +31,7 @@ Where things live (a folder per concept; each package's ``__init__`` says what i
     seeding.py    one seeded generator per purpose
 
 Entry points, each a thin ``main()`` over the packages: ``python -m fedshare.train``,
-``.unlearn``, ``.bench``, ``.results``, ``.report``, ``.flower``. LightningModules (one epoch =
+``.unlearn``, ``.bench``, ``.tune``, ``.results``, ``.report``, ``.flower``. LightningModules (one epoch =
 one round) are in ``lightning_modules/``, the LightningDataModule in ``datamodules/``; only the
 run driver (``run/``) imports them.
 """

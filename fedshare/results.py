@@ -40,16 +40,14 @@ from fedshare.reporting.results_page import (
     K,
     campaign,
     collect,
-    parse_budget,
     plan,
-    plan_searches,
     preflight,
     render,
     results_command,
-    run_searches,
-    search_rows,
+    searched,
     tuned,
 )
+from fedshare.tuning.campaign import parse_budget, plan_searches, run_searches, search_rows
 
 
 def parser(labels: list[str]) -> argparse.ArgumentParser:
@@ -172,7 +170,7 @@ def main(argv: list[str] | None = None, methods: list[tuple[str, list[str]]] | N
     runs_root = Path(opts.runs_root)
     runs = plan(datasets, seeds, chosen, opts.data_root, runs_root, extras, opts.valid_ratio)
     searches = plan_searches(
-        datasets, chosen, budget, opts.data_root, runs_root, extras, opts.valid_ratio
+        datasets, searched(chosen), budget, opts.data_root, runs_root, extras, opts.valid_ratio
     )
     runs = tuned(runs, searches)
     command = results_command(

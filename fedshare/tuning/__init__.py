@@ -1,1 +1,2 @@
-"""Hyperparameter search on validation (`python -m fedshare.tune`)."""
+"""Hyperparameter search on validation (`python -m fedshare.tune`: `search`) and the results
+campaign's equal-budget searches (`campaign`)."""

@@ -11,6 +11,7 @@ import pytest
 from fedshare import results as results_cli
 from fedshare.data.sharing import GROUP_NAMES
 from fedshare.reporting import results_page as results
+from fedshare.tuning import campaign
 
 # offset of each sharing group's Recall@20 from the run's overall Recall@20, so the column order shows
 OFFSET = {g: 0.01 * i for i, g in enumerate(GROUP_NAMES)}
@@ -345,14 +346,14 @@ def test_tuned_campaign_searches_each_method_with_the_same_budget(
 
 def test_a_dataset_may_have_its_own_budget_the_same_for_every_method() -> None:
     datasets = ["synthetic", "ml-1m", "gowalla"]
-    assert results.parse_budget("20", datasets) == {"synthetic": 20, "ml-1m": 20, "gowalla": 20}
-    assert results.parse_budget("20,gowalla=6", datasets) == {"synthetic": 20, "ml-1m": 20, "gowalla": 6}
-    assert results.parse_budget("gowalla=6", datasets) == {"synthetic": 0, "ml-1m": 0, "gowalla": 6}
+    assert campaign.parse_budget("20", datasets) == {"synthetic": 20, "ml-1m": 20, "gowalla": 20}
+    assert campaign.parse_budget("20,gowalla=6", datasets) == {"synthetic": 20, "ml-1m": 20, "gowalla": 6}
+    assert campaign.parse_budget("gowalla=6", datasets) == {"synthetic": 0, "ml-1m": 0, "gowalla": 6}
     for bad in ("x", "-1", "20,30", "20,lastfm=4", "20,gowalla=-2", "20,gowalla=six"):
         with pytest.raises(ValueError, match="--tune-trials takes N"):
-            results.parse_budget(bad, datasets)
-    searches = results.plan_searches(
-        datasets, results.METHODS, {"synthetic": 20, "ml-1m": 0, "gowalla": 6}, None, Path("r"), []
+            campaign.parse_budget(bad, datasets)
+    searches = campaign.plan_searches(
+        datasets, results.searched(results.METHODS), {"synthetic": 20, "ml-1m": 0, "gowalla": 6}, None, Path("r"), [], 0.1
     )
     by = {(s.dataset, s.experiment): (s.trials, s.budget) for s in searches}
     assert by == {
@@ -365,7 +366,7 @@ def test_a_dataset_may_have_its_own_budget_the_same_for_every_method() -> None:
     assert staged[0].base_knobs == ["model.lr", "model.reg", "model.local_epochs", "model.server_lr"]
     assert "space.model.lr=null" in staged[0].args and f"overlay={staged[0].base_overlay}" in staged[0].args
     # FedShare alone still gets its base searched first
-    alone = results.plan_searches(["synthetic"], [m for m in results.METHODS if m[0] == "FedShare"], {"synthetic": 4}, None, Path("r"), [])
+    alone = campaign.plan_searches(["synthetic"], ["fedshare"], {"synthetic": 4}, None, Path("r"), [], 0.1)
     assert [(s.experiment, s.trials) for s in alone] == [("fedmf", 4), ("fedshare", 2)]
 
 
@@ -382,11 +383,11 @@ def test_datasets_without_a_validation_file_get_one_carved_from_train() -> None:
     """Every protocol run selects on validation: given train/test files and no validation file
     (Gowalla), the runs and searches carve one; others keep their own split (Last.fm's config
     carves its own)."""
-    assert results.data_args("gowalla", "/d", 0.1) == ["data=gowalla", "data.root=/d", "data.split.valid_ratio=0.1"]
-    assert results.data_args("gowalla", None, 0.0) == ["data=gowalla"]
-    assert results.data_args("lastfm", "/d", 0.1) == ["data=lastfm", "data.root=/d"]
-    assert results.data_args("ml-1m", "/d", 0.1) == ["data=ml-1m", "data.root=/d"]
-    assert results.data_args("synthetic", "/d", 0.1) == ["data=synthetic"]
+    assert campaign.data_args("gowalla", "/d", 0.1) == ["data=gowalla", "data.root=/d", "data.split.valid_ratio=0.1"]
+    assert campaign.data_args("gowalla", None, 0.0) == ["data=gowalla"]
+    assert campaign.data_args("lastfm", "/d", 0.1) == ["data=lastfm", "data.root=/d"]
+    assert campaign.data_args("ml-1m", "/d", 0.1) == ["data=ml-1m", "data.root=/d"]
+    assert campaign.data_args("synthetic", "/d", 0.1) == ["data=synthetic"]
     runs = results.plan(["gowalla"], [0], results.METHODS[:2], "/d", Path("r"), [])
     assert all("data.split.valid_ratio=0.1" in r.overrides for r in runs)
 
@@ -435,7 +436,8 @@ def test_a_dataset_with_no_finished_run_says_so_without_empty_tables(finished: P
 def test_a_search_note_is_shown_under_its_tuning_table(tmp_path: Path) -> None:
     """A search's own NOTE.md (what its records cannot say, e.g. code that changed since it ran)
     reaches the page, under its dataset's tuning table; a search without one shows none."""
-    from fedshare.reporting.results_page import NOTE, Search, search_rows, tuning_lines
+    from fedshare.reporting.results_page import tuning_lines
+    from fedshare.tuning.campaign import NOTE, Search, search_rows
 
     noted, plain = tmp_path / "tune" / "x-fedshare", tmp_path / "tune" / "x-fedmf"
     noted.mkdir(parents=True)
@@ -467,10 +469,9 @@ def test_a_search_folder_of_another_protocol_is_refused_not_reused(tmp_path: Pat
     import yaml
 
     root = tmp_path / "runs"
-    methods = [m for m in results.METHODS if m[0] in ("FedMF", "FedShare")]
-    mf, share = results.plan_searches(["synthetic"], methods, {"synthetic": 4}, None, root, [])
+    mf, share = campaign.plan_searches(["synthetic"], ["fedmf", "fedshare"], {"synthetic": 4}, None, root, [], 0.1)
 
-    def finish(search: results.Search, run_overrides: list[str], space: dict) -> None:
+    def finish(search: campaign.Search, run_overrides: list[str], space: dict) -> None:
         search.folder.mkdir(parents=True, exist_ok=True)
         (search.folder / "search.yaml").write_text(yaml.safe_dump({"run_overrides": run_overrides, "space": space}))
         (search.folder / "report.json").write_text(json.dumps({"trials": {"complete": search.trials}}))
@@ -487,12 +488,12 @@ def test_a_search_folder_of_another_protocol_is_refused_not_reused(tmp_path: Pat
     assert share.done()
     # a staged search whose folder searched FedMF's knobs again (the joint protocol) is refused
     finish(share, share.run_overrides, {"model": {"lr": {"low": 0.01, "high": 1.0}}})
-    with pytest.raises(results.ConfigError, match="it searches model.lr again"):
+    with pytest.raises(campaign.ConfigError, match="it searches model.lr again"):
         share.done()
     # ... and one without its base overlay among the run keys, before anything runs
     joint = [a for a in share.run_overrides if not a.startswith("overlay=")]
     finish(share, joint, staged_space)
-    with pytest.raises(results.ConfigError, match="holds another search"):
+    with pytest.raises(campaign.ConfigError, match="holds another search"):
         share.done()
     args = ["--datasets", "synthetic", "--seeds", "0", "--methods", "FedShare"]
     args += ["--runs-root", str(root), "--out", str(tmp_path / "R.md"), "--tune-trials", "4", "--collect-only"]
@@ -503,5 +504,5 @@ def test_a_search_folder_of_another_protocol_is_refused_not_reused(tmp_path: Pat
     # a staged folder that lost its base.yaml is refused too
     finish(share, share.run_overrides, staged_space)
     (share.folder / "base.yaml").unlink()
-    with pytest.raises(results.ConfigError, match="base.yaml is missing"):
+    with pytest.raises(campaign.ConfigError, match="base.yaml is missing"):
         share.done()
