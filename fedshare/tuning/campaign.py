@@ -34,6 +34,8 @@ from fedshare.config import ConfigError, compose, config_dir
 STAGED: dict[str, str] = {"fedshare": "fedmf"}
 # where a run writes and what it prints; none of these changes its numbers
 RUN_FLAGS = ["logger=none", "trainer.enable_progress_bar=false"]
+# config keys that decide no number (where the files are, which device): as the page's PLACE_ONLY
+PLACE_ONLY_KEYS = ("data.root:", "paths.", "trainer.accelerator:")
 TAIL_LINES = 15  # lines of a failed run's log shown on the console
 NOTE = "NOTE.md"  # a search's own note, shown under its dataset's tuning table
 
@@ -130,8 +132,9 @@ class Search:
 
     def check_folder(self) -> None:
         """Refuses a folder that holds another search (say one left from an earlier protocol at the
-        same path): its trials did not train with this search's keys, so neither its best keys nor
-        its budget count here."""
+        same path): its trials did not train with this search's keys, or with the config they
+        compose to now (its ``search.yaml`` records it; older ones do not), so neither its best
+        keys nor its budget count here."""
         spec = self.folder / "search.yaml"
         stored = (yaml.safe_load(spec.read_text()) or {}) if spec.is_file() else {}
         found = stored.get("run_overrides")
@@ -140,6 +143,16 @@ class Search:
                 f"{self.folder} holds another search: its search.yaml trains with {found}, this "
                 f"campaign's with {self.run_overrides}; move {self.folder} away to search again"
             )
+        if "config" in stored and (self.base is None or self.base_overlay.is_file()):
+            from fedshare.tuning.search import changed_keys  # Optuna: only a search needs it
+
+            now = OmegaConf.to_container(compose(list(self.run_overrides)), resolve=True)
+            changed = [c for c in changed_keys(stored["config"], now) if not c.startswith(PLACE_ONLY_KEYS)]
+            if changed:
+                raise ConfigError(
+                    f"{self.folder}'s trials trained with another config than its keys compose now (a YAML "
+                    f"default changed since?): {'; '.join(changed[:10])}; move {self.folder} away to search again"
+                )
         if self.base is not None:
             space = stored.get("space") or {}
             searched = [k for k in self.base_knobs if _lookup(space, k) is not None]

@@ -2,8 +2,8 @@
 
 `search(run_overrides, tune_cfg)` is ``python -m fedshare.tune``. The search's folder holds:
 
-- ``search.yaml``: what is searched (the run's overrides, the space, the budget); a resumed
-  search must be this same one;
+- ``search.yaml``: what is searched (the run's overrides, the space, the budget, and the config
+  those overrides compose to); a resumed search must be this same one, on the same YAML defaults;
 - ``study.db``: the Optuna study in SQLite (``optuna-dashboard sqlite:///OUT/study.db``);
 - ``trials/trial-NNNN/``: each trial is a normal run folder (config, metrics, history, ...);
 - ``best.yaml``: the best trial's keys as a config overlay (``python -m fedshare.train
@@ -112,6 +112,17 @@ def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for each key two (nested) configs disagree on, sorted."""
+    a, b = flat(old), flat(new)
+    missing = object()
+    return [
+        f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, missing) != b.get(k, missing)
+    ]
+
+
 def fixed_keys(run_overrides: Sequence[str]) -> dict[str, Any]:
     """The keys the run's ``overlay=FILE`` files set (in order, the last wins): what every trial
     trains with, so that ``best.yaml`` holds them too and alone reproduces the best trial."""
@@ -201,7 +212,18 @@ def _open_study(
         if not db.exists():
             raise SearchError(f"resume=true, but {db} does not exist: nothing to resume")
         stored = OmegaConf.to_container(OmegaConf.load(spec)) if spec.exists() else None
+        if stored is not None and "config" not in stored:  # written before search.yaml kept the config
+            log.warning("%s does not record the config its trials trained with: only its keys are compared", spec)
+            search = {k: v for k, v in search.items() if k != "config"}
         if stored != search:
+            changed = changed_keys((stored or {}).get("config", {}), search.get("config", {}))
+            if changed and {k: v for k, v in stored.items() if k != "config"} == {
+                k: v for k, v in search.items() if k != "config"
+            }:
+                raise SearchError(
+                    f"resume=true, but the config of {spec}'s trials is not what the same keys compose "
+                    f"now (a YAML default changed?): {'; '.join(changed[:10])}; give another out= to search again"
+                )
             raise SearchError(
                 f"resume=true, but {spec} holds another search: {stored} (now: {search}); give another out="
             )
@@ -251,6 +273,9 @@ def search(run_overrides: Sequence[str], tcfg: DictConfig, command: str | None =
             "sampler_seed": int(tcfg.sampler_seed),
             "startup_trials": int(tcfg.startup_trials),
             "pruner": OmegaConf.to_container(tcfg.pruner, resolve=True),
+            # what the run keys compose to (every trial's config but the searched keys and its
+            # folder): a resumed search whose YAML defaults changed since would mix two configs
+            "config": OmegaConf.to_container(base, resolve=True),
         }
         # steps are rounds: the first pruner.warmup validations are never pruned
         warmup_rounds = int(tcfg.pruner.warmup) * max(1, int(base.eval.every))

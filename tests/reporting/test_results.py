@@ -340,6 +340,11 @@ def test_tuned_campaign_searches_each_method_with_the_same_budget(
     (fedshare / "report.json").unlink()  # the search is unfinished: it would resume...
     text = (fedshare / "base.yaml").read_text()
     (fedshare / "base.yaml").write_text(text.replace("model:", "model:\n  dim: 3", 1))  # ...from other keys
+    assert results_cli.main(args) == 2  # refused before anything runs: its trials trained at other keys
+    err = capsys.readouterr().err
+    assert "trained with another config" in err and "model.dim: 64 -> 3" in err and "nothing was run" in err
+    spec = (fedshare / "search.yaml").read_text()  # a search.yaml from before it recorded its config:
+    (fedshare / "search.yaml").write_text(spec[: spec.index("config:")])  # base.yaml itself is checked
     assert results_cli.main(args) == 1
     assert "holds other keys than the best of the first 2 trials" in capsys.readouterr().out
 
@@ -482,6 +487,20 @@ def test_a_search_folder_of_another_protocol_is_refused_not_reused(tmp_path: Pat
     finish(share, share.run_overrides, staged_space)
     (share.folder / "base.yaml").write_text("model:\n  lr: 0.1\n")
     assert mf.done() and share.done()
+    # a search.yaml that records its config (every new one does) must match what its keys compose now
+    from omegaconf import OmegaConf
+
+    from fedshare.config import compose
+
+    spec = yaml.safe_load((mf.folder / "search.yaml").read_text())
+    spec["config"] = OmegaConf.to_container(compose(mf.run_overrides), resolve=True)
+    spec["config"]["paths"]["runs_root"] = "elsewhere"  # where files go decides nothing
+    (mf.folder / "search.yaml").write_text(yaml.safe_dump(spec))
+    assert mf.done()
+    spec["config"]["fed"]["rounds"] = 100  # the trials trained under another YAML default
+    (mf.folder / "search.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(campaign.ConfigError, match=r"another config .*fed\.rounds: 100 -> 500"):
+        mf.done()
     # the same folder spelled another way is the same search
     respelled = [a.replace(str(root), str(tmp_path / "." / "runs")) for a in share.run_overrides]
     finish(share, respelled, staged_space)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 from datamodules import FederatedDataModule
@@ -58,6 +59,19 @@ def test_a_search_writes_its_folder_and_an_overlay_train_accepts(tiny, tmp_path:
     # resume=true on a finished search adds nothing and reports again
     assert _search(tiny, out, "trials=3", "resume=true") == 0
     assert len(_trials(out)) == 3
+    # search.yaml keeps the config the keys composed to: had a YAML default changed since (here
+    # the record says the trials trained 5 rounds, the same keys now give 3), resume is refused
+    capsys.readouterr()
+    spec = yaml.safe_load((out / "search.yaml").read_text())
+    assert spec["config"]["fed"]["rounds"] == 3 and spec["config"]["model"]["name"] == "fedmf"
+    spec["config"]["fed"]["rounds"] = 5
+    (out / "search.yaml").write_text(yaml.safe_dump(spec))
+    assert _search(tiny, out, "trials=3", "resume=true") == 2
+    assert "fed.rounds: 5 -> 3" in capsys.readouterr().err
+    # a search.yaml from before it recorded the config is compared on its keys only
+    del spec["config"]
+    (out / "search.yaml").write_text(yaml.safe_dump(spec))
+    assert _search(tiny, out, "trials=3", "resume=true") == 0
 
 
 def test_a_killed_search_resumes_without_losing_finished_trials(tiny, tmp_path: Path) -> None:
