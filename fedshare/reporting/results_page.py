@@ -33,7 +33,7 @@ METHODS: list[tuple[str, list[str]]] = [
     ("FedShare w/o alignment", ["experiment=fedshare", "model.lambda_cl=0"]),
     ("FedShare w/o graph", ["experiment=fedshare", "model.use_graph=false"]),
     ("FedShare w/o fusion", ["experiment=fedshare", "model.beta=0"]),
-    # up to 400 epochs, stopped early on validation (eval.patience in its experiment)
+    # up to 1000 epochs, stopped early on validation (eval.patience in its experiment)
     ("LightGCN (centralized)", ["experiment=lightgcn_central"]),
 ]
 # the search (`python -m fedshare.tune`) whose best keys a method's runs take with --tune-trials;
