@@ -129,6 +129,7 @@ def test_a_run_with_beta_select_learns(tiny: list[str], tmp_path: Path) -> None:
         [
             *tiny,
             "experiment=fedshare",
+            "fed.rounds=30",  # the experiment's cap (500 rounds, stopped on patience) is for real data
             "model.beta_select=true",
             "logger=none",
             f"paths.output_dir={tmp_path}",
