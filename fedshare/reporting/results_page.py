@@ -20,6 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fedshare.atomic import write_json
 from fedshare.config import ConfigError, compose
 from fedshare.data.sharing import GROUP_NAMES
@@ -365,6 +367,7 @@ def collect(runs: list[Run]) -> dict[str, Any]:
         entry["runs"][str(run.seed)] = {
             "folder": str(run.folder),
             "metrics": metrics,
+            "max_rounds": _max_rounds(run.folder),
             "wall_s": record.get("wall_s") if record.get("returncode") == 0 else None,
             "machine": record.get("machine") if record.get("returncode") == 0 else None,
         }
@@ -382,6 +385,34 @@ def collect(runs: list[Run]) -> dict[str, Any]:
                 "max": max(walls, default=None),
             }
     return out
+
+
+def _max_rounds(folder: Path) -> int | None:
+    """The run's cap on rounds (``fed.rounds`` of its ``config.yaml``); None if not recorded, or
+    for a model that trains nothing (popularity: one counting pass, nothing selected)."""
+    try:
+        cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(cfg, dict) or (cfg.get("model") or {}).get("name") == "popularity":
+        return None
+    rounds = (cfg.get("fed") or {}).get("rounds")
+    return rounds if isinstance(rounds, int) else None
+
+
+def fmt_rounds(entry: dict[str, Any]) -> str:
+    """Each seed's selected round and the cap it trained under, flagged where the cap bound (the
+    selected round is the last allowed: the run might have gone on improving)."""
+    runs = [entry["runs"][k] for k in sorted(entry["runs"], key=int)]
+    best = [r["metrics"].get("best_round") for r in runs]
+    caps = {r.get("max_rounds") for r in runs}
+    if not runs or any(b is None for b in best) or caps == {None}:
+        return "—"
+    text = ", ".join(str(int(b)) for b in best)
+    if len(caps) == 1 and None not in caps:
+        text += f" (≤{caps.pop()})"
+    bound = sum(r.get("max_rounds") is not None and int(b) >= r["max_rounds"] for b, r in zip(best, runs))
+    return text + (f", **{bound} at the cap**" if bound else "")
 
 
 def _same_row(a: Run, b: Run) -> bool:
@@ -517,7 +548,8 @@ def render(
         f"Each run also got `paths.output_dir={runs_root}/<dataset>/<method>/seed<N> "
         f"{' '.join(RUN_FLAGS)}`; its output is in `seed<N>.log` next to that folder. Every run tests "
         "the model of its best validated round (`eval.monitor`); a dataset without a validation file "
-        "gets one carved from train (`data.split.valid_ratio`, in its command). The gain of FedShare "
+        "gets one carved from train (`data.split.valid_ratio`, in its command); the selected round of each "
+        "seed is given with the cap it trained under (`fed.rounds`), flagged where it is the cap. The gain of FedShare "
         f"over FedMF comes with a paired t-test over seeds (two-sided; significant below p = {ALPHA}).",
     ]
     metric_r, metric_n = f"test/recall@{K}", f"test/ndcg@{K}"
@@ -530,15 +562,15 @@ def render(
             "",
             f"## {dataset}",
             "",
-            f"| method | Recall@{K} | NDCG@{K} | seeds | wall time per run | command |",
-            "|---|---|---|---|---|---|",
+            f"| method | Recall@{K} | NDCG@{K} | seeds | selected round (cap) | wall time per run | command |",
+            "|---|---|---|---|---|---|---|",
         ]
         for label, entry in rows.items():
             n = len(entry["runs"])
             lines.append(
                 f"| {label} | {fmt_mean_std(entry['summary'].get(metric_r), n)} | "
                 f"{fmt_mean_std(entry['summary'].get(metric_n), n)} | {fmt_seeds(entry)} | "
-                f"{fmt_wall(entry['wall_s'])} | `{_cell(unrun_overlays(entry['command']))}` |"
+                f"{fmt_rounds(entry)} | {fmt_wall(entry['wall_s'])} | `{_cell(unrun_overlays(entry['command']))}` |"
             )
         if dataset in SEPARATE_RECORDS:
             folder, what = SEPARATE_RECORDS[dataset]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -18,12 +19,21 @@ OFFSET = {g: 0.01 * i for i, g in enumerate(GROUP_NAMES)}
 
 
 def _fake_run(
-    root: Path, dataset: str, method: str, seed: int, recall: float, wall_s: float | None = None
+    root: Path,
+    dataset: str,
+    method: str,
+    seed: int,
+    recall: float,
+    wall_s: float | None = None,
+    best_round: int | None = None,
 ) -> None:
     folder = root / dataset / method / f"seed{seed}"
     folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(f"seed: {seed}\n")
+    model = "popularity" if method == "popularity" else method.split("-")[0]
+    (folder / "config.yaml").write_text(f"seed: {seed}\nmodel:\n  name: {model}\nfed:\n  rounds: 100\n")
     metrics = {"test/recall@20": recall, "test/ndcg@20": recall / 2, "test/hr@20": 0.9}
+    if best_round is not None:
+        metrics["best_round"] = best_round
     metrics |= {f"test/recall@20/share={g}": recall + OFFSET[g] for g in GROUP_NAMES}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     if wall_s is not None:  # the record the script leaves next to a run it made
@@ -50,10 +60,10 @@ def _table(page: str, heading: str) -> dict[str, list[str]]:
 @pytest.fixture
 def finished(tmp_path: Path) -> Path:
     root = tmp_path / "runs"
-    for seed, r in enumerate([0.1, 0.2, 0.3]):
-        _fake_run(root, "ml-100k", "fedmf", seed, r, wall_s=10.0 * (seed + 1))
+    for seed, r in enumerate([0.1, 0.2, 0.3]):  # seed 2 selected round 100, the cap
+        _fake_run(root, "ml-100k", "fedmf", seed, r, wall_s=10.0 * (seed + 1), best_round=60 + 20 * seed)
     for seed, r in enumerate([0.25, 0.35]):  # seed 2 never finished
-        _fake_run(root, "ml-100k", "fedshare", seed, r)
+        _fake_run(root, "ml-100k", "fedshare", seed, r, best_round=50)
     _fake_run(root, "ml-100k", "popularity", 0, 0.05)
     (root / "ml-100k" / "popularity" / "seed1").mkdir()  # a killed run: no metrics.json
     for seed in range(3):  # on ml-1m FedShare does worse than FedMF
@@ -80,14 +90,15 @@ def test_page_from_finished_runs(finished: Path, tmp_path: Path) -> None:
 
     main = _table(page, "## ml-100k")
     assert list(main) == ["method", *(label for label, _ in results.METHODS)]
-    assert main["FedMF"][:4] == ["0.2000 ± 0.1000", "0.1000 ± 0.0500", "n=3", "20.0 s (10.0 s to 30.0 s)"]
-    assert main["FedShare"][:4] == ["0.3000 ± 0.0707", "0.1500 ± 0.0354", "n=2 of 3 (missing seed 2)", "n/a"]
-    assert main["popularity"][:3] == ["0.0500 ±n/a", "0.0250 ±n/a", "n=1 of 3 (missing seeds 1, 2)"]
-    assert main["FedShare w/o graph"][:3] == ["—", "—", "n=0 of 3 (missing seeds 0, 1, 2)"]
-    assert main["FedMF"][4] == (
+    assert main["FedMF"][:3] == ["0.2000 ± 0.1000", "0.1000 ± 0.0500", "n=3"]
+    assert main["FedMF"][3:5] == ["60, 80, 100 (≤100), **1 at the cap**", "20.0 s (10.0 s to 30.0 s)"]
+    assert main["FedShare"][:5] == ["0.3000 ± 0.0707", "0.1500 ± 0.0354", "n=2 of 3 (missing seed 2)", "50, 50 (≤100)", "n/a"]
+    assert main["popularity"][:4] == ["0.0500 ±n/a", "0.0250 ±n/a", "n=1 of 3 (missing seeds 1, 2)", "—"]
+    assert main["FedShare w/o graph"][:4] == ["—", "—", "n=0 of 3 (missing seeds 0, 1, 2)", "—"]
+    assert main["FedMF"][5] == (
         "`python -m fedshare.train experiment=fedmf data=ml-100k data.root=/data/datasets seed={0,1,2}`"
     )
-    assert main["FedShare w/o alignment"][4] == (
+    assert main["FedShare w/o alignment"][5] == (
         "`python -m fedshare.train experiment=fedshare model.lambda_cl=0 data=ml-100k "
         "data.root=/data/datasets seed={0,1,2}`"
     )
@@ -244,9 +255,11 @@ def test_campaign_end_to_end_reuses_and_resumes(tiny: list[str], tmp_path: Path,
             assert json.loads(folder.with_name(f"seed{seed}.run.json").read_text())["returncode"] == 0
         expected = f"{statistics.fmean(recalls):.4f} ± {statistics.stdev(recalls):.4f}"
         assert main[label][0] == expected and main[label][2] == "n=2"
-        assert main[label][4].startswith(
+        assert main[label][5].startswith(
             f"`python -m fedshare.train experiment={method} data=synthetic seed={{0,1}}"
         )
+    # the seeds' selected rounds, read from the real runs, with the cap they trained under
+    assert main["popularity"][3] == "—" and re.fullmatch(r"\d+, \d+ \(≤\d+\)(, \*\*\d at the cap\*\*)?", main["FedMF"][3])
     assert "FedMF" in _table(page, "### synthetic: Recall@20 by sharing group")
 
     # FedMF seed 1 was killed before its metrics were written; the rest is reused, not rerun
