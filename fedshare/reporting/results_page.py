@@ -674,6 +674,12 @@ def _keys(params: dict[str, Any]) -> str:
     return ", ".join(f"`{k}={v:.4g}`" if isinstance(v, float) else f"`{k}={v}`" for k, v in params.items())
 
 
+def _base_file(folder: str) -> str:
+    """A staged search's ``base.yaml``, named only once written: a page names no missing file."""
+    path = Path(folder) / "base.yaml"
+    return f"`{path}`" if path.is_file() else "its `base.yaml`, written when it starts"
+
+
 def tuning_lines(dataset: str, rows: list[dict[str, Any]]) -> list[str]:
     """The equal-budget searches of a dataset: budget, trials, best validation, tuned keys."""
     staged = [row for row in rows if row.get("base")]
@@ -689,7 +695,7 @@ def tuning_lines(dataset: str, rows: list[dict[str, Any]]) -> list[str]:
         lines.append("")
         lines.append(
             f"`{row['experiment']}`'s search is staged: its trials train at the best of the first "
-            f"{row['base_trials']} trials of `{row['base']}`'s search (`{row['folder']}/base.yaml`) and search "
+            f"{row['base_trials']} trials of `{row['base']}`'s search ({_base_file(row['folder'])}) and search "
             f"only the knobs `{row['base']}`'s does not, with the other {row['own_trials']} trials; its config "
             f"is so chosen among {row['budget']} trials, like every method's here."
         )

@@ -466,6 +466,11 @@ def test_a_search_note_is_shown_under_its_tuning_table(tmp_path: Path) -> None:
     lines = tuning_lines("x", rows)
     assert lines[-1] == f"Note on the `fedshare` search (`{noted}/{NOTE}`): Ran with the old negatives."
     assert sum("Note on the" in line for line in lines) == 1
+    # a staged search that has not started names no base.yaml (the file is not there); once written, it does
+    staged = Search("x", "fedshare", [], 1, noted, base=searches[0], base_trials=1)
+    assert not any(f"{noted}/base.yaml" in line for line in tuning_lines("x", search_rows([staged])["x"]))
+    (noted / "base.yaml").write_text("model: {}\n")
+    assert any(f"`{noted}/base.yaml`" in line for line in tuning_lines("x", search_rows([staged])["x"]))
 
 
 def test_a_row_whose_search_has_not_ended_names_its_overlay_instead_of_linking_it(tmp_path: Path) -> None:
