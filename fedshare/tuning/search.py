@@ -216,10 +216,9 @@ def _open_study(
             log.warning("%s does not record the config its trials trained with: only its keys are compared", spec)
             search = {k: v for k, v in search.items() if k != "config"}
         if stored != search:
+            rest = {k: v for k, v in (stored or {}).items() if k != "config"}
             changed = changed_keys((stored or {}).get("config", {}), search.get("config", {}))
-            if changed and {k: v for k, v in stored.items() if k != "config"} == {
-                k: v for k, v in search.items() if k != "config"
-            }:
+            if stored is not None and changed and rest == {k: v for k, v in search.items() if k != "config"}:
                 raise SearchError(
                     f"resume=true, but the config of {spec}'s trials is not what the same keys compose "
                     f"now (a YAML default changed?): {'; '.join(changed[:10])}; give another out= to search again"
