@@ -25,7 +25,7 @@ import yaml
 from fedshare.atomic import write_json
 from fedshare.config import ConfigError, compose
 from fedshare.data.sharing import GROUP_NAMES
-from fedshare.tuning.campaign import NOTE, RUN_FLAGS, Search, data_args, read_json, tail
+from fedshare.tuning.campaign import NOTE, RUN_FLAGS, Search, data_args, place_only, read_json, tail
 
 # (label, overrides) in the page's order; the label's slug names the runs' folder
 METHODS: list[tuple[str, list[str]]] = [
@@ -182,13 +182,8 @@ def machine() -> str:
     )
 
 
-# where the files are and which device ran the run decide no number: the same run may be read
-# from another folder, or trained on a GPU (each run's record names its machine)
-PLACE_ONLY = ("data.root=", "trainer.accelerator=")
-
-
 def _comparable(overrides: list[str]) -> list[str]:
-    return [o for o in overrides if not o.startswith(PLACE_ONLY)]
+    return [o for o in overrides if not place_only(o.partition("=")[0])]
 
 
 def conflict(run: Run) -> str | None:

@@ -34,10 +34,17 @@ from fedshare.config import ConfigError, compose, config_dir
 STAGED: dict[str, str] = {"fedshare": "fedmf"}
 # where a run writes and what it prints; none of these changes its numbers
 RUN_FLAGS = ["logger=none", "trainer.enable_progress_bar=false"]
-# config keys that decide no number (where the files are, which device): as the page's PLACE_ONLY
-PLACE_ONLY_KEYS = ("data.root:", "paths.", "trainer.accelerator:")
+# keys that decide no number: where the files are, and which device ran the run (each run's
+# record names its machine). A run or search read from another folder, or trained on a GPU, is
+# the same run or search.
+PLACE_ONLY = ("data.root", "paths", "trainer.accelerator")
 TAIL_LINES = 15  # lines of a failed run's log shown on the console
 NOTE = "NOTE.md"  # a search's own note, shown under its dataset's tuning table
+
+
+def place_only(key: str) -> bool:
+    """Whether the dotted ``key`` is one of `PLACE_ONLY` or lies under one (``paths.output_dir``)."""
+    return any(key == p or key.startswith(p + ".") for p in PLACE_ONLY)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -147,7 +154,7 @@ class Search:
             from fedshare.tuning.search import changed_keys  # Optuna: only a search needs it
 
             now = OmegaConf.to_container(compose(list(self.run_overrides)), resolve=True)
-            changed = [c for c in changed_keys(stored["config"], now) if not c.startswith(PLACE_ONLY_KEYS)]
+            changed = [c for c in changed_keys(stored["config"], now) if not place_only(c.partition(":")[0])]
             if changed:
                 raise ConfigError(
                     f"{self.folder}'s trials trained with another config than its keys compose now (a YAML "

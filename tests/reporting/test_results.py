@@ -173,6 +173,11 @@ def test_a_finished_run_of_another_command_is_not_used(finished: Path, tmp_path:
     err = capsys.readouterr().err
     assert "ml-100k FedMF seed 0" in err and "fed.rounds=2" in err and "--runs-root" in err
     assert not out.exists()
+    # where the data was read from and which device trained it decide no number: the same run
+    record["overrides"] = ["experiment=fedmf", "data=ml-100k", "data.root=/elsewhere", "seed=0", "trainer.accelerator=gpu"]
+    (finished / "ml-100k" / "fedmf" / "seed0.run.json").write_text(json.dumps(record))
+    assert results_cli.main(args) == 0, capsys.readouterr().err
+    assert out.is_file()
 
 
 def test_dry_run_prints_commands_and_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
