@@ -1,8 +1,10 @@
 """Results page: ``python -m fedshare.results [--datasets A,B] [--seeds 0,1,2] [-- key=value ...]``.
 
 Trains every method on every dataset with every seed, one ``python -m fedshare.train``
-subprocess per run, then writes the page (``docs/RESULTS.md``) and ``RUNS_ROOT/results.json``
-from the runs' ``metrics.json`` files: no number on the page is typed by hand.
+subprocess per run, then writes the page (``docs/RESULTS.md``) and its data beside it
+(``docs/RESULTS.json``: the same rows and searches, machine-readable) from the runs'
+``metrics.json`` files: no number on the page is typed by hand. A campaign of one dataset that
+writes its page elsewhere (``--out /tmp/x.md``) leaves the full page and its data as they were.
 
 Runs go to ``RUNS_ROOT/<dataset>/<method>/seed<N>``, each with its output in ``seed<N>.log`` and
 its command, exit status, wall time and machine in ``seed<N>.run.json`` next to the folder.
@@ -202,11 +204,12 @@ def main(argv: list[str] | None = None, methods: list[tuple[str, list[str]]] | N
         return 0
 
     collected = collect(runs)
+    data_file = Path(opts.out).with_suffix(".json")  # the page's data, beside the page it describes
     errors = record_errors(Path(opts.out), runs_root, collected)
     if errors:
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
-        print(f"nothing written to {opts.out} or {runs_root / 'results.json'}", file=sys.stderr)
+        print(f"nothing written to {opts.out} or {data_file}", file=sys.stderr)
         return 2
     generated = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     page = render(collected, command, generated, opts.runs_root, search_rows(searches))
@@ -219,11 +222,11 @@ def main(argv: list[str] | None = None, methods: list[tuple[str, list[str]]] | N
         "datasets": collected,
         "searches": search_rows(searches),
     }
-    write_json(runs_root / "results.json", payload)
+    write_json(data_file, payload)
 
     counts = {s: sum(o.status == s for o in outcomes) for s in ("trained", "reused", "failed", "missing")}
     print(
-        f"wrote {opts.out} and {runs_root / 'results.json'} ("
+        f"wrote {opts.out} and {data_file} ("
         + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         + ")"
     )

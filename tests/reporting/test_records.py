@@ -180,8 +180,8 @@ def test_results_refuses_untracked_runs_in_its_repository(
     assert results_cli.main(_results_args(runs_root, out)) == 2
     err = capsys.readouterr().err
     assert f"error: run record {folder} is not tracked" in err and ".gitignore hides it" in err
-    assert f"nothing written to {out} or {runs_root / 'results.json'}" in err
-    assert not out.exists() and not (runs_root / "results.json").exists()
+    assert f"nothing written to {out} or {out.with_suffix('.json')}" in err
+    assert not out.exists() and not out.with_suffix(".json").exists()
 
     git(repo, "add", "-f", str(folder / "metrics.json"))  # a committed record: the page is written
     assert results_cli.main(_results_args(runs_root, out)) == 0

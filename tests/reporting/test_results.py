@@ -126,7 +126,7 @@ def test_page_from_finished_runs(finished: Path, tmp_path: Path) -> None:
     )
     assert "- 2 CPUs, no GPU, torch 9.9 (3 runs)" in page and "- not recorded (9 runs)" in page
 
-    data = json.loads((finished / "results.json").read_text())
+    data = json.loads(out.with_suffix(".json").read_text())  # the page's data, beside it
     fedmf = data["datasets"]["ml-100k"]["FedMF"]
     assert fedmf["summary"]["test/recall@20"] == pytest.approx({"n": 3, "mean": 0.2, "std": 0.1})
     assert data["datasets"]["ml-100k"]["popularity"]["summary"]["test/recall@20"]["std"] is None
@@ -280,7 +280,7 @@ def test_campaign_end_to_end_reuses_and_resumes(tiny: list[str], tmp_path: Path,
     )
     after = {p: p.stat().st_mtime_ns for p in before if p.exists()}
     changed = {p.relative_to(root).as_posix() for p in before if after.get(p) != before[p]}
-    assert changed == {"synthetic/fedmf/seed1.log", "synthetic/fedmf/seed1.run.json", "results.json"}
+    assert changed == {"synthetic/fedmf/seed1.log", "synthetic/fedmf/seed1.run.json"}
 
     aside = sorted(p.name for p in killed.parent.glob("seed1-incomplete-*"))
     assert len(aside) == 3 and aside[1].endswith(".log") and aside[2].endswith(".run.json")
