@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None, methods: list[tuple[str, list[str]]] | N
         print(f"nothing written to {opts.out} or {data_file}", file=sys.stderr)
         return 2
     generated = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    page = render(collected, command, generated, opts.runs_root, search_rows(searches))
+    tuning = search_rows(searches)
+    page = render(collected, command, generated, opts.runs_root, tuning)
     write_text(Path(opts.out), page)
     payload = {
         "generated": generated,
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None, methods: list[tuple[str, list[str]]] | N
         "k": K,
         "std": "sample (ddof=1)",
         "datasets": collected,
-        "searches": search_rows(searches),
+        "searches": tuning,
     }
     write_json(data_file, payload)
 

@@ -154,7 +154,7 @@ class Search:
             from fedshare.tuning.search import changed_keys  # Optuna: only a search needs it
 
             now = OmegaConf.to_container(compose(list(self.run_overrides)), resolve=True)
-            changed = [c for c in changed_keys(stored["config"], now) if not place_only(c.partition(":")[0])]
+            changed = changed_keys(stored["config"], now, skip=place_only)
             if changed:
                 raise ConfigError(
                     f"{self.folder}'s trials trained with another config than its keys compose now (a YAML "

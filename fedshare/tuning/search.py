@@ -30,7 +30,7 @@ import logging
 import math
 import shlex
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,15 +112,23 @@ def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: old -> new`` for each key two (nested) configs disagree on, sorted."""
+def changed_keys(
+    old: dict[str, Any], new: dict[str, Any], skip: Callable[[str], bool] = lambda key: False
+) -> list[str]:
+    """``key: old -> new`` for each dotted key two (nested) configs disagree on, sorted; keys for
+    which ``skip`` is true are not compared."""
     a, b = flat(old), flat(new)
     missing = object()
     return [
         f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
         for k in sorted(set(a) | set(b))
-        if a.get(k, missing) != b.get(k, missing)
+        if not skip(k) and a.get(k, missing) != b.get(k, missing)
     ]
+
+
+def _without_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """A ``search.yaml`` without the config its keys compose to: the search's keys and space."""
+    return {k: v for k, v in spec.items() if k != "config"}
 
 
 def fixed_keys(run_overrides: Sequence[str]) -> dict[str, Any]:
@@ -214,11 +222,10 @@ def _open_study(
         stored = OmegaConf.to_container(OmegaConf.load(spec)) if spec.exists() else None
         if stored is not None and "config" not in stored:  # written before search.yaml kept the config
             log.warning("%s does not record the config its trials trained with: only its keys are compared", spec)
-            search = {k: v for k, v in search.items() if k != "config"}
+            search = _without_config(search)
         if stored != search:
-            rest = {k: v for k, v in (stored or {}).items() if k != "config"}
             changed = changed_keys((stored or {}).get("config", {}), search.get("config", {}))
-            if stored is not None and changed and rest == {k: v for k, v in search.items() if k != "config"}:
+            if stored is not None and changed and _without_config(stored) == _without_config(search):
                 raise SearchError(
                     f"resume=true, but the config of {spec}'s trials is not what the same keys compose "
                     f"now (a YAML default changed?): {'; '.join(changed[:10])}; give another out= to search again"
