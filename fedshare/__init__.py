@@ -26,12 +26,14 @@ Where things live (a folder per concept; each package's ``__init__`` says what i
     flower/       the same rounds on Flower: strategy, node, payload, apps, launch
     benchmarks/   suite: the benchmarks of python -m fedshare.bench (rounds, evaluation,
                   propagation, Flower)
+    attacks/      curious parties on what they really receive (python -m fedshare.attack):
+                  curious_device (a device ranking other users' shared items)
     config.py     composing and validating configs/ (every default lives in the YAML)
     atomic.py     the one durable writer (every file a run writes goes through it)
     seeding.py    one seeded generator per purpose
 
 Entry points, each a thin ``main()`` over the packages: ``python -m fedshare.train``,
-``.unlearn``, ``.bench``, ``.tune``, ``.results``, ``.report``, ``.flower``. LightningModules (one epoch =
+``.unlearn``, ``.bench``, ``.tune``, ``.results``, ``.report``, ``.attack``, ``.flower``. LightningModules (one epoch =
 one round) are in ``lightning_modules/``, the LightningDataModule in ``datamodules/``; only the
 run driver (``run/``) imports them.
 """

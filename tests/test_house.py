@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("fedshare", "lightning_modules", "datamodules")
-ENTRY_POINTS = {"fedshare.train", "fedshare.unlearn", "fedshare.bench", "fedshare.results", "fedshare.report", "fedshare.tune"}
+ENTRY_POINTS = {"fedshare.train", "fedshare.unlearn", "fedshare.bench", "fedshare.results", "fedshare.report", "fedshare.tune", "fedshare.attack"}
 
 
 def _modules() -> dict[str, Path]:

@@ -1,29 +1,30 @@
 """A curious device: from exactly what it receives over a whole run, it tries to rank other
 users' shared items (issue 14). A device receives its own users' views, centroids of many users'
 views as the alignment's negatives (no id) and the item views: the attack is a random guess.
-The breach direction is tested too: a server that sends every sharing user's view (its
-per-node slicing skipped) lets the same attack find other users' shared items, and the
-device-side guard (`check_delivery`) refuses it. In-process and through the Flower apps
-(`MemoryGrid`)."""
+The breach direction is tested too: in-process a device that also gets the pre-issue-14 negatives
+(other users' ids and views, `DeliveryTap.breach`), on Flower a server that sends every
+sharing user's view (its per-node slicing skipped): the same attack finds other users' shared
+items, and the device-side guard (`check_delivery`) refuses the Flower breach. The attack itself
+is `fedshare.attacks.curious_device` (also ``python -m fedshare.attack device``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from flwr.app import RecordDict
 
+from fedshare.attack import main as attack_main
+from fedshare.attacks import curious_device
+from fedshare.attacks.curious_device import attack, shared_items
 from fedshare.config import compose, save
-from fedshare.federated.fedshare import FedShareClients
 from fedshare.flower import apps, node, payload, strategy
 from fedshare.flower.node import DeliveryError, check_delivery
 from fedshare.flower.payload import from_record, to_record
 from fedshare.train import train
 from tests.flower.test_flower import MemoryGrid
-
-K = 20
 
 
 def _cfg(tiny: tuple[str, ...], out: Path, *extra: str):
@@ -36,81 +37,32 @@ def _cfg(tiny: tuple[str, ...], out: Path, *extra: str):
     )
 
 
-def attack(received: list[dict[str, torch.Tensor]], own: set[int], shared: dict[int, set[int]], n_items: int):
-    """Mean precision@20, over every other sharing user, of ranking items by ``v . z_i`` for each
-    vector ``v`` received with that user's id (the last one received), and of a random guess for a
-    user whose id never arrived; with the density of a random guess. ``received``: the view
-    payloads (``view_users``, ``user_views``, ``pool``, ``item_views``); the pool's centroids
-    carry no id, so no pool vector can be pinned on a user."""
-    known: dict[int, torch.Tensor] = {}
-    item_views = None
-    for t in received:
-        item_views = t["item_views"]
-        for uid, vec in zip(t["view_users"].tolist(), t["user_views"]):
-            if uid not in own:
-                known[uid] = vec
-    rng = np.random.default_rng(0)
-    targets = sorted(u for u in shared if u not in own)
-    precision, density = [], []
-    for u in targets:
-        if u in known:
-            top = torch.topk(item_views @ known[u], K).indices.tolist()
-        else:
-            top = rng.choice(n_items, K, replace=False).tolist()
-        precision.append(len(set(top) & shared[u]) / K)
-        density.append(len(shared[u]) / n_items)
-    return float(np.mean(precision)), float(np.mean(density)), len(known)
-
-
-def _shared(dm) -> dict[int, set[int]]:
-    out: dict[int, set[int]] = {}
-    for u, i in dm.shared_edges.tolist():
-        out.setdefault(int(u), set()).add(int(i))
-    return out
-
-
 def _leaky_slicing(monkeypatch: pytest.MonkeyPatch) -> None:
     """The breach: a server that skips the per-node slicing sends every sharing user's view."""
     monkeypatch.setattr(payload, "slice_views", lambda views, keep, pool=True: views)
     monkeypatch.setattr(strategy, "slice_views", payload.slice_views)
 
 
-def _in_process(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, leaky: bool = False):
-    """What one sharing device (the first sharing user) receives each round in-process: its part
-    of the round's views, cut as Flower's payload cuts them (`payload.slice_views`)."""
-    seen: list = []
-    original = FedShareClients.fit_sums
-
-    def spy(self, cohort, item_table, views=None):
-        seen.append(views)
-        return original(self, cohort, item_table, views)
-
-    monkeypatch.setattr(FedShareClients, "fit_sums", spy)
-    if leaky:
-        _leaky_slicing(monkeypatch)
-    _, objects = train(_cfg(tiny, tmp_path / ("leaky" if leaky else "private")))
-    dm = objects["datamodule"]
-    shared = _shared(dm)
-    device = min(shared)
-    received = []
-    for v in seen:
-        if v is None:
-            continue
-        mine = payload.slice_views(v, v.users == device)
-        received.append(
-            {"view_users": mine.users, "user_views": mine.user_views, "pool": mine.pool, "item_views": mine.item_views}
-        )
-    out = attack(received, {device}, shared, dm.n_items)
-    print(f"in-process, leaky={leaky}: precision@20 {out[0]:.3f}, density {out[1]:.4f}, ids {out[2]}")
-    return out
+def test_in_process_a_device_learns_no_other_user_and_the_attack_catches_a_leak(tiny, tmp_path) -> None:
+    """What the first sharing device receives each round in-process (`DeliveryTap`: its part of
+    the round's views, cut as Flower's payload cuts them), attacked; and with the pre-issue-14
+    negatives (other users' ids and views) on the same run."""
+    out = curious_device.run(_cfg(tiny, tmp_path / "r"))
+    print(f"in-process: {out}")
+    private, breach = out["private"], out["breach"]
+    assert out["rounds_received"] == 3 and private["users_attacked"] > 10
+    assert private["ids_received"] == 0 and private["precision@20"] <= 2 * private["density"]
+    assert breach["ids_received"] > 0 and breach["precision@20"] > 2 * breach["density"]  # the breach is caught
 
 
-def test_in_process_a_device_learns_no_other_user_and_the_attack_catches_a_leak(tiny, tmp_path, monkeypatch) -> None:
-    precision, density, known = _in_process(tiny, tmp_path, monkeypatch)
-    assert known == 0 and precision <= 2 * density
-    with monkeypatch.context() as m:
-        precision, density, known = _in_process(tiny, tmp_path, m, leaky=True)
-    assert known > 0 and precision > 2 * density  # the breach is caught
+def test_the_attack_command_prints_its_result_and_refuses_a_run_without_views(tiny, tmp_path, capsys) -> None:
+    args = [*tiny, "fed.rounds=2", "eval.every=2", "logger=none", f"paths.output_dir={tmp_path / 'r'}"]
+    assert attack_main(["device", "model.negatives_group=4", *args]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["private"]["ids_received"] == 0 and last["breach"]["ids_received"] > 0
+    assert attack_main(["device", "experiment=fedmf", *args]) == 2
+    assert "needs a FedShare run" in capsys.readouterr().err
+    assert attack_main(["nothing"]) == 2
 
 
 def _flower(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, leaky: bool = False):
@@ -127,7 +79,7 @@ def _flower(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, leaky: bool =
 
     dm = FederatedDataModule(cfg)
     dm.setup()
-    shared = _shared(dm)
+    shared = shared_items(dm)
     shard = 0  # node 0 hosts users u % 2 == 0
     own = {u for u in range(dm.n_users) if u % 2 == shard}
     received = [
@@ -136,8 +88,8 @@ def _flower(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, leaky: bool =
     received = [t for t in received if "view_users" in t]
     assert received
     out = attack(received, own, shared, dm.n_items)
-    print(f"Flower, leaky={leaky}: precision@20 {out[0]:.3f}, density {out[1]:.4f}, ids {out[2]}")
-    return (*out, grid)
+    print(f"Flower, leaky={leaky}: {out}")
+    return (out["precision@20"], out["density"], out["ids_received"], grid)
 
 
 def test_on_flower_a_device_learns_no_other_user_and_the_guard_refuses_a_leak(tiny, tmp_path, monkeypatch) -> None:
