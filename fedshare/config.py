@@ -330,6 +330,16 @@ def compose(overrides: Sequence[str] = (), root: Path | None = None) -> DictConf
     return cfg
 
 
+def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"lr": 0.3}}`` -> ``{"model.lr": 0.3}`` (the inverse of `fedshare.tuning.search.overlay`)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 

@@ -3,7 +3,8 @@
 A hyperparameter search on validation with Optuna (`fedshare.tuning.search`). The run's keys
 (``experiment=fedmf data=ml-100k data.root=...``) fix what every trial trains; the search's own
 keys are those of ``configs/tune/<model>.yaml`` (``trials``, ``out``, ``resume``,
-``sampler_seed``, ``startup_trials``, ``pruner.*``, ``space.*``), set the same way. The best
+``sampler_seed``, ``startup_trials``, ``pruner.*``, ``space.*``; a staged search's ``base``,
+``base_trials``, ``as_base``), set the same way. The best
 trial's keys end up in ``OUT/best.yaml``: ``python -m fedshare.train ... overlay=OUT/best.yaml``.
 The last line printed is the search's summary as JSON.
 """
@@ -34,7 +35,7 @@ def split_args(args: list[str]) -> tuple[list[str], list[str]]:
     return run, tune
 
 
-TUNE_KEYS = {"trials", "sampler_seed", "startup_trials", "pruner", "out", "resume", "space"}
+TUNE_KEYS = {"trials", "sampler_seed", "startup_trials", "pruner", "out", "resume", "space", "base", "base_trials", "as_base"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
 
 from fedshare.atomic import write_json
-from fedshare.config import ConfigError, compose
+from fedshare.config import ConfigError, compose, flat
 from fedshare.data.sharing import GROUP_NAMES
 from fedshare.tuning.campaign import NOTE, RUN_FLAGS, Search, data_args, place_only, read_json, tail
 
@@ -187,16 +188,33 @@ def _comparable(overrides: list[str]) -> list[str]:
 
 
 def conflict(run: Run) -> str | None:
-    """Why the finished run in ``run.folder`` is not the one asked for, or None."""
+    """Why the finished run in ``run.folder`` is not the one asked for, or None: another command,
+    or a config (its ``config.yaml``) other than what its keys compose to now, say a search's
+    ``best.yaml`` or a YAML default that changed since it ran. Keys the run's config does not
+    hold (added to the YAML since, with a default that keeps the old behaviour) are not compared."""
     record = read_json(run.record)
     if not record or "overrides" not in record:
         return None  # made by hand or by an older script: nothing to compare
-    if _comparable(record["overrides"]) == _comparable(run.overrides):
+    if _comparable(record["overrides"]) != _comparable(run.overrides):
+        return (
+            f"{run.folder} holds a run of `{train_command(record['overrides'])}`, not of "
+            f"`{train_command(run.overrides)}`; move it away or choose another --runs-root"
+        )
+    saved = run.folder / "config.yaml"
+    if not saved.is_file():
         return None
-    return (
-        f"{run.folder} holds a run of `{train_command(record['overrides'])}`, not of "
-        f"`{train_command(run.overrides)}`; move it away or choose another --runs-root"
-    )
+    try:
+        new = flat(OmegaConf.to_container(compose(run.args), resolve=True))
+    except ConfigError:  # its search has not written its best.yaml yet: compared once it has
+        return None
+    old = flat(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+    changed = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new)) if not place_only(k) and old[k] != new[k]]
+    if changed:
+        return (
+            f"{run.folder} trained with another config than `{train_command(run.overrides)}` composes now "
+            f"({'; '.join(changed[:5])}); move it away to train it again"
+        )
+    return None
 
 
 def state(run: Run) -> str:

@@ -96,8 +96,13 @@ class Search:
     def args(self) -> list[str]:
         resume = ["resume=true"] if (self.folder / "study.db").exists() else []
         staged = []
-        if self.base is not None:
-            staged = [f"overlay={self.base_overlay}", *(f"space.{k}=null" for k in self.base_knobs)]
+        if self.base is not None:  # its base's best trial is one of its candidates too (`add_base_trial`)
+            staged = [
+                f"overlay={self.base_overlay}",
+                *(f"space.{k}=null" for k in self.base_knobs),
+                f"base={self.base.folder}",
+                f"base_trials={self.base_trials}",
+            ]
         return [*self.overrides, *staged, f"trials={self.trials}", f"out={self.folder}", *RUN_FLAGS, *resume]
 
     @property
@@ -177,6 +182,8 @@ class Search:
         if not report or not self.overlay.is_file():
             return False
         self.check_folder()
+        if self.base is not None and not report.get("base"):  # searched before its base was a candidate
+            return False
         trials = report.get("trials", {})
         return trials.get("complete", 0) + trials.get("pruned", 0) >= self.trials
 

@@ -39,12 +39,13 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fedshare.atomic import write_json, write_text
-from fedshare.config import ConfigError, compose, load_yaml, parse_value, set_key
+from fedshare.config import ConfigError, compose, flat, load_yaml, parse_value, set_key
 from fedshare.run.faults import trial_faults
 
 log = logging.getLogger("fedshare")
 STUDY = "fedshare"  # one study per search folder
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+BASE_ATTR = "base_search"  # the user attribute that marks a staged search's base trial (`add_base_trial`)
 
 
 class SearchError(RuntimeError):
@@ -89,27 +90,95 @@ def check_space(space: dict[str, dict[str, Any]], cfg: DictConfig) -> None:
             raise ConfigError(f"space.{key}: a log range needs low > 0, got {knob['low']}")
 
 
+def distribution(key: str, knob: dict[str, Any], cfg: DictConfig) -> optuna.distributions.BaseDistribution:
+    """A knob as Optuna's distribution: an int range where the config key holds an int, else a
+    float range; or its choices."""
+    if "choices" in knob:
+        return optuna.distributions.CategoricalDistribution(list(knob["choices"]))
+    value, log_scale = OmegaConf.select(cfg, key), bool(knob.get("log"))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return optuna.distributions.IntDistribution(int(knob["low"]), int(knob["high"]), log=log_scale)
+    return optuna.distributions.FloatDistribution(float(knob["low"]), float(knob["high"]), log=log_scale)
+
+
 def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]], cfg: DictConfig) -> dict[str, Any]:
-    """One trial's values: an int range where the config key holds an int, else a float range."""
+    """One trial's values, each drawn from its knob's `distribution`."""
     values = {}
     for key, knob in space.items():
-        if "choices" in knob:
-            values[key] = trial.suggest_categorical(key, list(knob["choices"]))
-        elif isinstance(OmegaConf.select(cfg, key), int) and not isinstance(OmegaConf.select(cfg, key), bool):
-            values[key] = trial.suggest_int(key, int(knob["low"]), int(knob["high"]), log=bool(knob.get("log")))
+        d = distribution(key, knob, cfg)
+        if isinstance(d, optuna.distributions.CategoricalDistribution):
+            values[key] = trial.suggest_categorical(key, list(d.choices))
+        elif isinstance(d, optuna.distributions.IntDistribution):
+            values[key] = trial.suggest_int(key, d.low, d.high, log=d.log)
         else:
-            values[key] = trial.suggest_float(key, float(knob["low"]), float(knob["high"]), log=bool(knob.get("log")))
+            values[key] = trial.suggest_float(key, d.low, d.high, log=d.log)
     return values
 
 
-def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"lr": 0.3}}`` -> ``{"model.lr": 0.3}`` (the inverse of `overlay`)."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(flat(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
+def _inside(d: optuna.distributions.BaseDistribution, value: Any) -> bool:
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return value in d.choices
+    return isinstance(value, int | float) and not isinstance(value, bool) and d.low <= value <= d.high
+
+
+def add_base_trial(
+    study: optuna.Study,
+    base: Path,
+    base_trials: int,
+    as_base: dict[str, Any],
+    space: dict[str, dict[str, Any]],
+    cfg: DictConfig,
+    run_overrides: Sequence[str],
+) -> None:
+    """A staged search's base as one of its candidates: the best of the first ``base_trials``
+    trials of the search in ``base`` (the keys every trial here trains at, from the run's
+    overlay) is this model with its knobs at ``as_base`` (FedShare with no alignment and no fusion
+    is FedMF), so it enters the study as a finished trial with the base trial's value and
+    validation curve, and the knobs not in ``as_base`` at the run's own values (they do nothing
+    there). Its budget is the base search's: it is not one of this search's ``trials``.
+    Added once; a resumed search keeps it."""
+    if any(BASE_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False)):
+        return
+    if base_trials <= 0:
+        raise ConfigError(f"base_trials must be > 0 with base={base}, got {base_trials}")
+    unknown = sorted(set(as_base) - set(space))
+    if unknown:
+        raise ConfigError(f"as_base: {', '.join(unknown)} not knobs of this search; its knobs: {', '.join(space)}")
+    keys, number, value = best_of_first(base, base_trials)
+    fixed = fixed_keys(run_overrides)
+    differ = [f"{k}: {fixed.get(k)!r} vs {v!r}" for k, v in sorted(keys.items()) if k not in space and fixed.get(k) != v]
+    if differ:
+        raise SearchError(
+            f"the run's overlay keys are not the best of the first {base_trials} trials of {base} "
+            f"(trial {number}): {', '.join(differ)}"
+        )
+    params = {k: as_base[k] if k in as_base else OmegaConf.select(cfg, k) for k in space}
+    dists = {k: distribution(k, space[k], cfg) for k in space}
+    outside = [f"{k}={v!r}" for k, v in params.items() if not _inside(dists[k], v)]
+    if outside:
+        raise ConfigError(f"the base trial's values lie outside this search's space: {', '.join(outside)}")
+    source = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{base / 'study.db'}")
+    trial = next(t for t in source.get_trials(deepcopy=False) if t.number == number)
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=params,
+            distributions=dists,
+            value=value,
+            intermediate_values=dict(trial.intermediate_values),
+            user_attrs={
+                BASE_ATTR: str(base),
+                "base_trial": number,
+                "best_round": trial.user_attrs.get("best_round"),
+                "folder": trial.user_attrs.get("folder"),
+            },
+        )
+    )
+    log.info("base: trial %d of %s (%.4f) is a candidate of this search, at %s", number, base, value, as_base)
+
+
+def own_trials(study: optuna.Study, states: Sequence[optuna.trial.TrialState] | None = None) -> list:
+    """The study's own trials (in ``states``): every one but a staged search's base trial."""
+    return [t for t in study.get_trials(deepcopy=False, states=states) if BASE_ATTR not in t.user_attrs]
 
 
 def changed_keys(
@@ -286,6 +355,10 @@ def search(run_overrides: Sequence[str], tcfg: DictConfig, command: str | None =
         # steps are rounds: the first pruner.warmup validations are never pruned
         warmup_rounds = int(tcfg.pruner.warmup) * max(1, int(base.eval.every))
         study = _open_study(out, what, tcfg, bool(tcfg.resume), warmup_rounds)
+        staged = OmegaConf.select(tcfg, "base", default=None)
+        if staged:
+            as_base = flat(OmegaConf.to_container(tcfg.as_base, resolve=True) or {})
+            add_base_trial(study, Path(staged), int(tcfg.base_trials), as_base, space, base, run_overrides)
         if command:
             with open(out / "commands.txt", "a") as f:
                 f.write(command + "\n")
@@ -300,7 +373,7 @@ def search(run_overrides: Sequence[str], tcfg: DictConfig, command: str | None =
                 overrides.append(f"logger.group={group}")
             cfg = compose(overrides)
             total = int(tcfg.trials)
-            done = len(study.get_trials(deepcopy=False, states=DONE))
+            done = len(own_trials(study, DONE))
             print(f"[tune] trial {trial.number} ({done + 1}/{total}): {', '.join(extra)}", flush=True)
             metrics, _ = train(
                 cfg,
@@ -313,7 +386,7 @@ def search(run_overrides: Sequence[str], tcfg: DictConfig, command: str | None =
             print(f"[tune] trial {trial.number}: {monitor} {value:.4f} (round {metrics.get('best_round')})", flush=True)
             return value
 
-        remaining = int(tcfg.trials) - len(study.get_trials(deepcopy=False, states=DONE))
+        remaining = int(tcfg.trials) - len(own_trials(study, DONE))
         if remaining > 0:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             study.optimize(objective, n_trials=remaining, catch=())
@@ -334,11 +407,22 @@ def write_report(
     and ``report.json``."""
     fixed = {k: v for k, v in (fixed or {}).items() if k not in space}
     trials = study.get_trials(deepcopy=False)
-    count = {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+    own = own_trials(study)
+    count = {s.name.lower(): sum(t.state == s for t in own) for s in optuna.trial.TrialState}
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise SearchError(f"no trial of {out} finished: nothing to report")
     best = study.best_trial
+    based = next((t for t in trials if BASE_ATTR in t.user_attrs), None)
+    base = None
+    if based is not None:
+        base = {
+            "search": based.user_attrs[BASE_ATTR],
+            "trial": based.user_attrs["base_trial"],
+            "number": based.number,  # its number in this study
+            "value": based.value,
+            "chosen": best.number == based.number,
+        }
     try:  # PED-ANOVA: Optuna's importance that needs no scikit-learn (fANOVA would)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -357,7 +441,8 @@ def write_report(
         "fixed_params": fixed,  # what every trial trained with from the run's overlay=FILE (not searched)
         "best_folder": best.user_attrs.get("folder"),
         "budget": budget,
-        "trials": count,
+        "trials": count,  # this search's own trials (a staged search's base trial is its base's)
+        "base": base,
         "importance": {k: float(v) for k, v in importance.items()},
         "overlay": str(out / "best.yaml"),
         "storage": f"sqlite:///{out / 'study.db'}",
@@ -369,6 +454,15 @@ def write_report(
         f"- objective: {monitor} of each trial's selected round (validation; maximised), {budget} trials",
         f"- trials: {count['complete']} finished, {count['pruned']} pruned, {count['fail']} failed",
         f"- best: trial {best.number}, {monitor} = {best.value:.4f} (round {summary['best_round']})",
+        *(
+            [
+                f"- base: trial {base['number']} is trial {base['trial']} of {base['search']} (its base, "
+                f"{monitor} = {base['value']:.4f}), here with the knobs at their `as_base` values"
+                + (": no trial of this search beat it, so the model runs as its base" if base["chosen"] else "")
+            ]
+            if base
+            else []
+        ),
         f"- overlay: `overlay={out / 'best.yaml'}`",
         *([f"- fixed in every trial (the run's overlay): {', '.join(f'`{k}={_fmt(v)}`' for k, v in fixed.items())}"] if fixed else []),
         f"- study: `optuna-dashboard sqlite:///{out / 'study.db'}`",
@@ -384,7 +478,8 @@ def write_report(
     for t in trials:
         value = "" if t.value is None else f"{t.value:.4f}"
         params = " | ".join(_fmt(t.params.get(k)) for k in space)
-        lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | {params} |")
+        state = "base" if BASE_ATTR in t.user_attrs else t.state.name.lower()
+        lines.append(f"| {t.number} | {state} | {value} | {params} |")
     write_text(out / "report.md", "\n".join(lines) + "\n")
     return summary
 

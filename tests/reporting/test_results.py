@@ -175,9 +175,39 @@ def test_a_finished_run_of_another_command_is_not_used(finished: Path, tmp_path:
     assert not out.exists()
     # where the data was read from and which device trained it decide no number: the same run
     record["overrides"] = ["experiment=fedmf", "data=ml-100k", "data.root=/elsewhere", "seed=0", "trainer.accelerator=gpu"]
+    record["overrides"].append("fed.rounds=100")  # the cap its config.yaml holds
     (finished / "ml-100k" / "fedmf" / "seed0.run.json").write_text(json.dumps(record))
-    assert results_cli.main(args) == 0, capsys.readouterr().err
+    assert results_cli.main([*args, "--", "fed.rounds=100"]) == 0, capsys.readouterr().err
     assert out.is_file()
+
+
+def test_a_finished_run_of_another_config_is_not_used(tmp_path: Path) -> None:
+    """The same command, but a ``config.yaml`` other than what its keys compose to now (a YAML
+    default changed since, or a search wrote a new best.yaml): not reused. A key the run's config
+    does not hold (added to the YAML since) is not compared; where files went is not either."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from fedshare.config import compose
+    from fedshare.reporting.results_page import Run, conflict
+
+    run = Run("ml-100k", "FedMF", 0, ["experiment=fedmf", "data=ml-100k", "seed=0"], tmp_path / "fedmf" / "seed0")
+    run.folder.mkdir(parents=True)
+    run.record.write_text(json.dumps({"overrides": run.overrides, "returncode": 0}))
+    cfg = OmegaConf.to_container(compose(run.args), resolve=True)
+    del cfg["model"]["reg"]  # a key added to the YAML since the run
+    cfg["paths"]["output_dir"] = "/elsewhere"
+    (run.folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert conflict(run) is None
+    cfg["fed"]["rounds"] = 7
+    (run.folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert "another config" in conflict(run) and "fed.rounds: 7 -> 500" in conflict(run)
+    # a run whose search has not written its best.yaml yet is compared once it has
+    run.overrides.append(f"overlay={tmp_path / 'best.yaml'}")
+    run.record.write_text(json.dumps({"overrides": run.overrides, "returncode": 0}))
+    assert conflict(run) is None
+    (tmp_path / "best.yaml").write_text("fed:\n  rounds: 7\n")
+    assert conflict(run) is None
 
 
 def test_dry_run_prints_commands_and_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -329,8 +359,12 @@ def test_tuned_campaign_searches_each_method_with_the_same_budget(
     mf, share = (json.loads((s / "report.json").read_text()) for s in (fedmf, fedshare))
     assert mf["trials"]["complete"] + mf["trials"]["pruned"] == 4
     assert share["trials"]["complete"] + share["trials"]["pruned"] == 2
-    # FedShare searched none of FedMF's knobs; every trial trained at the best of FedMF's first 2
-    base, _, _ = best_of_first(fedmf, 2)
+    # FedShare searched none of FedMF's knobs; every trial trained at the best of FedMF's first 2,
+    # and that trial is one of its candidates too (FedShare with no alignment and no fusion)
+    base, number, value = best_of_first(fedmf, 2)
+    assert share["base"]["trial"] == number and share["base"]["value"] == value
+    if share["base"]["chosen"]:
+        assert share["best_params"]["model.lambda_cl"] == 0 and share["best_params"]["model.beta"] == 0
     assert set(share["best_params"]) == {"model.lambda_cl", "model.q_align_lr", "model.beta", "model.server_graph_lr"}
     assert share["fixed_params"] == base and set(base) == set(mf["best_params"])
     for trial in (fedshare / "trials").iterdir():
@@ -502,7 +536,10 @@ def test_a_search_folder_of_another_protocol_is_refused_not_reused(tmp_path: Pat
     def finish(search: campaign.Search, run_overrides: list[str], space: dict) -> None:
         search.folder.mkdir(parents=True, exist_ok=True)
         (search.folder / "search.yaml").write_text(yaml.safe_dump({"run_overrides": run_overrides, "space": space}))
-        (search.folder / "report.json").write_text(json.dumps({"trials": {"complete": search.trials}}))
+        report = {"trials": {"complete": search.trials}}
+        if search.base is not None:  # a staged search reports its base trial, one of its candidates
+            report["base"] = {"search": str(search.base.folder), "trial": 0, "value": 0.1, "chosen": False}
+        (search.folder / "report.json").write_text(json.dumps(report))
         (search.folder / "best.yaml").write_text("model:\n  lr: 0.1\n")
 
     finish(mf, mf.run_overrides, {"model": {"lr": {"low": 0.01, "high": 1.0}}})
@@ -510,6 +547,11 @@ def test_a_search_folder_of_another_protocol_is_refused_not_reused(tmp_path: Pat
     finish(share, share.run_overrides, staged_space)
     (share.folder / "base.yaml").write_text("model:\n  lr: 0.1\n")
     assert mf.done() and share.done()
+    # a staged search from before its base trial was a candidate is not done: it resumes to add it
+    report = json.loads((share.folder / "report.json").read_text())
+    (share.folder / "report.json").write_text(json.dumps({**report, "base": None}))
+    assert not share.done()
+    finish(share, share.run_overrides, staged_space)
     # a search.yaml that records its config (every new one does) must match what its keys compose now
     from omegaconf import OmegaConf
 

@@ -160,3 +160,51 @@ def test_a_null_knob_is_not_searched_and_an_overlay_reaches_best_yaml(tiny, tmp_
         assert OmegaConf.load(trial / "config.yaml").model.lr == 0.123
     best = OmegaConf.load(out / "best.yaml")
     assert best.model.lr == 0.123 and best.model.server_lr == 2.5 and "reg" in best.model
+
+
+def test_a_staged_search_has_its_base_trial_among_its_candidates(tiny, tmp_path: Path, capsys) -> None:
+    """``base=FOLDER base_trials=N``: the best of the base search's first N trials (the keys every
+    trial trains at) enters the study once, at the ``as_base`` values (FedShare with no alignment and
+    no fusion), with the base trial's value; it is not one of the search's own trials. FedShare
+    there is that FedMF trial's model to the digit, so the value is its own."""
+    from fedshare.train import train
+    from fedshare.tuning.search import best_of_first, overlay
+
+    mf = tmp_path / "mf"
+    assert _search(tiny, mf, "trials=2") == 0
+    keys, number, value = best_of_first(mf, 2)
+    base_yaml = tmp_path / "base.yaml"
+    base_yaml.write_text(yaml.safe_dump(overlay(keys)))
+    share = tmp_path / "share"
+    run = [*tiny, "experiment=fedshare", "fed.rounds=3", "eval.every=1", "logger=none", *SEARCH]
+    mine = [f"space.model.{k}=null" for k in ("lr", "reg", "local_epochs", "server_lr")]
+    staged = [f"overlay={base_yaml}", *mine, f"base={mf}", "base_trials=2", f"out={share}", "trials=2"]
+    capsys.readouterr()
+    assert tune_mod.main([*run, *staged]) == 0
+    report = json.loads((share / "report.json").read_text())
+    assert report["trials"]["complete"] + report["trials"]["pruned"] == 2  # its own; the base's is its base's
+    trials = _trials(share)
+    assert len(trials) == 3
+    (based,) = [t for t in trials if "base_search" in t.user_attrs]
+    assert based.value == value and based.user_attrs["base_trial"] == number
+    assert based.params["model.lambda_cl"] == 0 and based.params["model.beta"] == 0
+    assert report["base"]["trial"] == number and report["base"]["value"] == value
+    assert report["base"]["chosen"] == (report["best_trial"] == based.number)
+    assert "| base |" in (share / "report.md").read_text()
+    # FedShare at the base's keys with its knobs off is the base trial's model: the same validation
+    check = [*tiny, "experiment=fedshare", "fed.rounds=3", "eval.every=1", "logger=none", f"overlay={base_yaml}"]
+    metrics, _ = train(compose([*check, "model.lambda_cl=0", "model.beta=0", f"paths.output_dir={tmp_path / 'c'}"]))
+    assert metrics["val/recall@20"] == value
+    # resumed, the base trial is not added again
+    assert tune_mod.main([*run, *staged, "resume=true"]) == 0
+    assert len(_trials(share)) == 3
+    # the run's overlay must be the base's best keys, and the as_base values inside the space
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("model:\n  lr: 0.123\n")
+    capsys.readouterr()
+    bad = [f"overlay={wrong}", *mine, f"base={mf}", "base_trials=2", f"out={tmp_path / 's2'}", "trials=1"]
+    assert tune_mod.main([*run, *bad]) == 2
+    assert "not the best of the first 2 trials" in capsys.readouterr().err
+    outside = [*staged[:-2], f"out={tmp_path / 's3'}", "trials=1", "space.model.beta={low: 0.5, high: 1.0}"]
+    assert tune_mod.main([*run, *outside]) == 2
+    assert "outside this search's space: model.beta=0.0" in capsys.readouterr().err
