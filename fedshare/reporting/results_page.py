@@ -710,8 +710,24 @@ def tuning_lines(dataset: str, rows: list[dict[str, Any]]) -> list[str]:
             f"`{row['experiment']}`'s search is staged: its trials train at the best of the first "
             f"{row['base_trials']} trials of `{row['base']}`'s search ({_base_file(row['folder'])}) and search "
             f"only the knobs `{row['base']}`'s does not, with the other {row['own_trials']} trials; its config "
-            f"is so chosen among {row['budget']} trials, like every method's here."
+            f"is so chosen among {row['budget']} trials, like every method's here: that best trial of "
+            f"`{row['base']}`'s is one of its candidates, as `{row['experiment']}` with its own parts off "
+            f"(`as_base` in `configs/tune/{row['experiment']}.yaml`), which is `{row['base']}`'s model."
         )
+        candidate = row.get("base_candidate")
+        if candidate and candidate.get("chosen"):
+            lines.append("")
+            lines.append(
+                f"**No trial of `{row['experiment']}`'s own beat its base on validation** "
+                f"({row['monitor']} {candidate['value']:.4f}): its rows run as the base, "
+                f"`{row['base']}`'s model at the base's keys, with its own parts off."
+            )
+        elif candidate is None:
+            lines.append("")
+            lines.append(
+                f"`{row['experiment']}`'s search ran before its base trial was one of its candidates "
+                f"(its `report.json` names none): its rows run its own best trial."
+            )
     lines += [
         "",
         "| search | budget | finished / pruned | best validation | tuned keys |",

@@ -351,6 +351,7 @@ def search_rows(searches: list[Search]) -> dict[str, list[dict[str, Any]]]:
                 "monitor": report.get("monitor"),
                 "best_value": report.get("best_value"),
                 "best_params": report.get("best_params", {}),
+                "base_candidate": report.get("base"),  # a staged search's base trial, one of its candidates
                 "folder": str(search.folder),
                 "note": _note(search.folder),
             }

@@ -510,6 +510,15 @@ def test_a_search_note_is_shown_under_its_tuning_table(tmp_path: Path) -> None:
     assert not any(f"{noted}/base.yaml" in line for line in tuning_lines("x", search_rows([staged])["x"]))
     (noted / "base.yaml").write_text("model: {}\n")
     assert any(f"`{noted}/base.yaml`" in line for line in tuning_lines("x", search_rows([staged])["x"]))
+    # the page says whether the staged search's base trial was among its candidates, and if it won
+    assert any("ran before its base trial" in line for line in tuning_lines("x", search_rows([staged])["x"]))
+    report = {"monitor": "val/recall@20", "best_value": 0.3, "trials": {"complete": 1}}
+    for chosen, needle in ((True, "No trial of `fedshare`'s own beat its base"), (False, None)):
+        base = {"search": str(plain), "trial": 0, "value": 0.3, "chosen": chosen}
+        (noted / "report.json").write_text(json.dumps({**report, "base": base}))
+        text = "\n".join(tuning_lines("x", search_rows([staged])["x"]))
+        assert "ran before its base trial" not in text and "one of its candidates" in text
+        assert (needle in text) if needle else "beat its base" not in text
 
 
 def test_a_row_whose_search_has_not_ended_names_its_overlay_instead_of_linking_it(tmp_path: Path) -> None:
