@@ -17,12 +17,15 @@ import sys
 
 from fedshare.config import ConfigError, compose
 from fedshare.data.readers import DatasetError
+from fedshare.run.folder import RunFolderError
+from fedshare.train import quiet_library_noise
 
 ATTACKS = ("device",)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_library_noise()
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] not in ATTACKS:
         print(f"usage: python -m fedshare.attack {{{','.join(ATTACKS)}}} [key=value ...]\n{__doc__}")
@@ -44,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run(cfg)
     except DatasetError as err:
         print(f"data error: {err}", file=sys.stderr)
+        return 2
+    except RunFolderError as err:
+        print(f"run folder error: {err}", file=sys.stderr)
         return 2
     for what, name in (("private", "what it receives"), ("breach", "with the pre-issue-14 negatives")):
         r = result[what]
