@@ -11,7 +11,9 @@
   run and pruned, each knob's importance (Optuna's PED-ANOVA). A search whose run takes an
   ``overlay=FILE`` (another search's best keys, say) trains every trial with those keys; its
   ``best.yaml`` holds them too, so it alone reproduces the best trial. ``space.KEY=null``
-  leaves a knob of the space file out of the search.
+  leaves a knob of the space file out of the search. A staged search (``base=FOLDER
+  base_trials=N``: its overlay is the best of FOLDER's first N trials) has that trial among its
+  candidates too, at the knobs' ``as_base`` values (`add_base_trial`).
 
 A trial's value is its run's ``eval.monitor`` (the selected round's validation, `fedshare.eval.
 selection`); after every validation the trial reports the validation so far, and Optuna's
