@@ -15,10 +15,8 @@ import json
 import logging
 import sys
 
-from fedshare.config import ConfigError, compose
-from fedshare.data.readers import DatasetError
-from fedshare.run.folder import RunFolderError
-from fedshare.train import quiet_library_noise
+from fedshare.config import compose
+from fedshare.train import exit_code, quiet_library_noise
 
 ATTACKS = ("device",)
 
@@ -33,24 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     overrides = args[1:]
     if not any(a.startswith("experiment=") for a in overrides):
         overrides = ["experiment=fedshare", *overrides]
-    try:
-        cfg = compose(overrides)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    if cfg.model.name != "fedshare":
-        print(f"config error: the device attack needs a FedShare run (model.name=fedshare), got {cfg.model.name!r}", file=sys.stderr)
-        return 2
-    from fedshare.attacks.curious_device import run  # torch and the run driver, only for a run
+    results: list[dict] = []
 
-    try:
-        result = run(cfg)
-    except DatasetError as err:
-        print(f"data error: {err}", file=sys.stderr)
-        return 2
-    except RunFolderError as err:
-        print(f"run folder error: {err}", file=sys.stderr)
-        return 2
+    def attack() -> None:
+        from fedshare.attacks.curious_device import run  # torch and the run driver, only for a run
+
+        results.append(run(compose(overrides)))
+
+    code = exit_code(attack)
+    if code:
+        return code
+    result = results[0]
     for what, name in (("private", "what it receives"), ("breach", "with the pre-issue-14 negatives")):
         r = result[what]
         print(

@@ -42,13 +42,12 @@ from fedshare.reporting.results_page import (
     K,
     campaign,
     collect,
-    conflict,
     plan,
     preflight,
     render,
     results_command,
     searched,
-    state,
+    stale_runs,
     tuned,
 )
 from fedshare.tuning.campaign import parse_budget, plan_searches, run_searches, search_rows
@@ -198,7 +197,7 @@ def main(argv: list[str] | None = None, methods: list[tuple[str, list[str]]] | N
         if failed:
             print("FAILED searches:\n  " + "\n  ".join(failed) + "\nno run was started", file=sys.stderr)
             return 1
-        stale = [f"{run.name}: {why}" for run in runs if state(run) == "finished" and (why := conflict(run))]
+        stale = stale_runs(runs)
         if stale:  # a search's new best.yaml: its finished runs trained at other keys
             print("\n".join(stale) + "\nthe searches are done; no run was started", file=sys.stderr)
             return 2

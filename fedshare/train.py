@@ -70,8 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    return exit_code(lambda: train(cfg, shlex.join(["python", "-m", "fedshare.train", *args])))
+
+
+def exit_code(work) -> int:
+    """Runs ``work()``; 0, or the exit code of the error it raised with its one-line message (a
+    run's entry points share these: train, attack)."""
     try:
-        train(cfg, shlex.join(["python", "-m", "fedshare.train", *args]))
+        work()
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
     except DatasetError as err:
         print(f"data error: {err}", file=sys.stderr)
         return 2

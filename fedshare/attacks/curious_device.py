@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
+from fedshare.config import ConfigError
 from fedshare.flower.payload import slice_views
 
 K = 20  # precision@K of the attack: the page's K
@@ -111,7 +112,7 @@ def run(cfg: DictConfig) -> dict:
     from fedshare.run.inprocess import train  # the run driver, only for a run
 
     if cfg.model.name != "fedshare":
-        raise ValueError(f"the curious-device attack needs a FedShare run (model.name=fedshare), got {cfg.model.name!r}")
+        raise ConfigError(f"the device attack needs a FedShare run (model.name=fedshare), got {cfg.model.name!r}")
     tap = DeliveryTap(seed=int(cfg.seed))
     _, objects = train(cfg, callbacks=[tap])
     dm, own = objects["datamodule"], {tap.device}

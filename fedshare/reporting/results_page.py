@@ -294,11 +294,12 @@ def preflight(runs: list[Run], validate: bool = True, searches: list[Search] = (
                 compose([a for a in run.args if not a.startswith("overlay=")])
             except ConfigError as err:
                 problems.append(f"config error ({run.dataset}, {run.label}): {err}")
-    for run in runs:
-        why = conflict(run) if state(run) == "finished" else None
-        if why:
-            problems.append(f"{run.name}: {why}")
-    return problems
+    return problems + stale_runs(runs)
+
+
+def stale_runs(runs: list[Run]) -> list[str]:
+    """Each finished run that is not the one asked for (`conflict`), with why."""
+    return [f"{run.name}: {why}" for run in runs if state(run) == "finished" and (why := conflict(run))]
 
 
 def campaign(
