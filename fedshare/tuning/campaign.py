@@ -142,6 +142,16 @@ class Search:
         staged = [f"overlay={self.base_overlay}"] if self.base is not None else []
         return [*self.overrides, *staged, *RUN_FLAGS]
 
+    @property
+    def space(self) -> dict[str, Any]:
+        """The space this search draws from now: ``configs/tune/<model>.yaml``'s, less (staged) its
+        base's knobs, as ``python -m fedshare.tune`` gets it from `args`."""
+        from fedshare.tuning.search import tune_config  # Optuna: only a search needs it
+
+        model = str(compose(list(self.overrides)).model.name)
+        nulls = [f"space.{k}=null" for k in self.base_knobs]
+        return OmegaConf.to_container(tune_config(model, nulls, config_dir()).space, resolve=True)
+
     def check_folder(self) -> None:
         """Refuses a folder that holds another search (say one left from an earlier protocol at the
         same path): its trials did not train with this search's keys, or with the config they
@@ -175,6 +185,16 @@ class Search:
                 raise ConfigError(
                     f"{self.folder} is not a search at the best of {self.base.folder}'s first "
                     f"{self.base_trials} trials: {why}; move {self.folder} away to search again"
+                )
+        if "space" in stored:  # a finished search of another space (configs/tune/ changed since)
+            from fedshare.tuning.search import knobs  # Optuna: only a search needs it
+
+            was, now = knobs(stored["space"]), knobs(self.space)
+            moved = [f"{k}: {was.get(k)} -> {now.get(k)}" for k in sorted({*was, *now}) if was.get(k) != now.get(k)]
+            if moved:
+                raise ConfigError(
+                    f"{self.folder} searched another space than configs/tune/ gives now: {'; '.join(moved[:10])}; "
+                    f"move {self.folder} away to search again"
                 )
 
     def done(self) -> bool:

@@ -551,8 +551,9 @@ def test_a_search_folder_of_another_protocol_is_refused_not_reused(tmp_path: Pat
         (search.folder / "report.json").write_text(json.dumps(report))
         (search.folder / "best.yaml").write_text("model:\n  lr: 0.1\n")
 
-    finish(mf, mf.run_overrides, {"model": {"lr": {"low": 0.01, "high": 1.0}}})
-    staged_space = {"model": {**{k.split(".")[1]: None for k in share.base_knobs}, "beta": {"low": 0, "high": 1}}}
+    finish(mf, mf.run_overrides, mf.space)
+    staged_space = share.space  # configs/tune/fedshare.yaml's, less FedMF's knobs
+    assert staged_space["model"]["lr"] is None and staged_space["model"]["beta"] is not None
     finish(share, share.run_overrides, staged_space)
     (share.folder / "base.yaml").write_text("model:\n  lr: 0.1\n")
     assert mf.done() and share.done()
@@ -594,6 +595,11 @@ def test_a_search_folder_of_another_protocol_is_refused_not_reused(tmp_path: Pat
     err = capsys.readouterr().err
     assert "synthetic search fedshare" in err and "holds another search" in err and "nothing was run" in err
     assert not (tmp_path / "R.md").exists()
+    # a folder that searched another space than configs/tune/ gives now (a range changed) is refused
+    moved = {"model": {**staged_space["model"], "beta": {"low": 0.0, "high": 0.5}}}
+    finish(share, share.run_overrides, moved)
+    with pytest.raises(campaign.ConfigError, match=r"another space .*model\.beta: .*high.*0\.5"):
+        share.done()
     # a staged folder that lost its base.yaml is refused too
     finish(share, share.run_overrides, staged_space)
     (share.folder / "base.yaml").unlink()
