@@ -166,10 +166,12 @@ class Search:
                 f"campaign's with {self.run_overrides}; move {self.folder} away to search again"
             )
         if "config" in stored and (self.base is None or self.base_overlay.is_file()):
-            from fedshare.tuning.search import changed_keys  # Optuna: only a search needs it
+            from fedshare.tuning.search import changed_keys, knobs  # Optuna: only a search needs it
 
+            # every trial sets the knobs it searches, so their YAML defaults reach none of them
+            searched = set(knobs(stored.get("space")))
             now = OmegaConf.to_container(compose(list(self.run_overrides)), resolve=True)
-            changed = changed_keys(stored["config"], now, skip=place_only)
+            changed = changed_keys(stored["config"], now, skip=lambda k: place_only(k) or k in searched)
             if changed:
                 raise ConfigError(
                     f"{self.folder}'s trials trained with another config than its keys compose now (a YAML "

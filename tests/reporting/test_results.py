@@ -572,6 +572,9 @@ def test_a_search_folder_of_another_protocol_is_refused_not_reused(tmp_path: Pat
     spec["config"]["paths"]["runs_root"] = "elsewhere"  # where files go decides nothing
     (mf.folder / "search.yaml").write_text(yaml.safe_dump(spec))
     assert mf.done()
+    spec["config"]["model"]["lr"] = 123.0  # a searched knob's default reaches no trial: still the same search
+    (mf.folder / "search.yaml").write_text(yaml.safe_dump(spec))
+    assert mf.done()
     spec["config"]["fed"]["rounds"] = 100  # the trials trained under another YAML default
     (mf.folder / "search.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(campaign.ConfigError, match=r"another config .*fed\.rounds: 100 -> 500"):
